@@ -1,0 +1,326 @@
+"""Addressing primitives of the NTM, DNC and LRUA memories as small pure functions.
+
+Shape symbols follow the papers: ``B`` batch, ``N`` memory slots (``memory_size``), ``W`` word size,
+``R`` read heads (``num_reads``), ``H`` write heads (``num_writes``), ``S`` shift-kernel size (NTM).
+
+References:
+    Graves et al. 2014, "Neural Turing Machines" (NTM).
+    Graves et al. 2016, "Hybrid computing using a neural network with dynamic external memory" (DNC);
+    DNC semantics follow DeepMind's open-source ``dnc/addressing.py`` and ``dnc/access.py``.
+    Santoro et al. 2016, "One-shot learning with memory-augmented neural networks" (LRUA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .linkage import directional_read_weights, update_link, update_precedence
+
+EPSILON = 1e-6
+
+__all__ = [
+    "EPSILON",
+    "oneplus",
+    "cosine_similarity",
+    "content_weights",
+    "read_memory",
+    "interpolate",
+    "circular_shift",
+    "sharpen",
+    "update_usage",
+    "allocation_weights",
+    "write_allocation_weights",
+    "write_weights",
+    "erase_and_write",
+    "update_link",
+    "update_precedence",
+    "directional_read_weights",
+    "read_weights",
+    "least_used_weights",
+    "lrua_write_weights",
+    "lrua_usage",
+]
+
+
+# ----------------------------------------------------------------------------------------------- content
+def oneplus(x: Tensor) -> Tensor:
+    """``1 + softplus(x)``, the DNC nonlinearity for key strengths (values in ``[1, inf)``)."""
+    return 1.0 + F.softplus(x)
+
+
+def _vector_norms(x: Tensor, eps: float) -> Tensor:
+    """``sqrt(sum(x**2, -1) + eps)`` keeping the last dim: ``[..., W] -> [..., 1]`` (DeepMind ``_vector_norms``)."""
+    return torch.sqrt(torch.sum(x * x, dim=-1, keepdim=True) + eps)
+
+
+def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = EPSILON) -> Tensor:
+    """Cosine similarity ``D(k_h, M_i)`` of every key with every memory row.
+
+    Args:
+        memory: ``M`` ``[B, N, W]``.
+        keys: ``k`` ``[B, H, W]`` (``H`` any number of heads).
+        eps: added inside the square root of each norm and to the denominator, so an all-zero memory or key
+            gives similarity 0 with finite gradients.
+
+    Returns:
+        ``[B, H, N]`` similarities in ``[-1, 1]``.
+    """
+    dot = torch.matmul(keys, memory.transpose(-1, -2))
+    norms = torch.matmul(_vector_norms(keys, eps), _vector_norms(memory, eps).transpose(-1, -2))
+    return dot / (norms + eps)
+
+
+def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, eps: float = EPSILON) -> Tensor:
+    """Content-based addressing ``c = softmax_N(beta * D(k, M))``.
+
+    Args:
+        memory: ``M`` ``[B, N, W]``.
+        keys: ``k`` ``[B, H, W]``.
+        strengths: ``beta`` ``[B, H]`` (already passed through ``oneplus``); large values are safe.
+
+    Returns:
+        ``[B, H, N]`` weights, each row summing to 1.
+    """
+    similarity = cosine_similarity(memory, keys, eps)
+    return torch.softmax(similarity * strengths.unsqueeze(-1), dim=-1)
+
+
+def read_memory(memory: Tensor, read_weights: Tensor) -> Tensor:
+    """Read words ``r_r = sum_i w_r(i) M_i``: ``memory [B, N, W]``, ``read_weights [B, R, N]`` -> ``[B, R, W]``."""
+    return torch.matmul(read_weights, memory)
+
+
+# ----------------------------------------------------------------------------------------------- NTM
+def interpolate(content_weights: Tensor, prev_weights: Tensor, gate: Tensor) -> Tensor:
+    """NTM interpolation ``w_g = g * w_c + (1 - g) * w_{t-1}``.
+
+    Args:
+        content_weights: ``w_c`` ``[B, H, N]``.
+        prev_weights: ``w_{t-1}`` ``[B, H, N]``.
+        gate: ``g`` ``[B, H]`` in ``[0, 1]``.
+
+    Returns:
+        ``[B, H, N]``.
+    """
+    gate = gate.unsqueeze(-1)
+    return gate * content_weights + (1.0 - gate) * prev_weights
+
+
+def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
+    """NTM rotation: circular convolution ``w~(i) = sum_k s(k) w((i - (k - S//2)) mod N)``.
+
+    Args:
+        weights: ``w`` ``[B, H, N]``.
+        shift: ``s`` ``[B, H, S]`` with ``S`` odd; index ``k`` means a shift by ``k - S//2`` slots (centred),
+            so ``s = [0, 0, 1]`` moves all weight one slot forward (``w~(i) = w(i - 1)``).
+
+    Returns:
+        ``[B, H, N]``.
+    """
+    num_shifts, memory_size = shift.shape[-1], weights.shape[-1]
+    if num_shifts % 2 != 1:
+        raise ValueError(f"circular_shift.shift: expected an odd last dimension S, got {num_shifts}")
+    slots = torch.arange(memory_size, device=weights.device).unsqueeze(1)
+    offsets = torch.arange(num_shifts, device=weights.device).unsqueeze(0) - num_shifts // 2
+    index = torch.remainder(slots - offsets, memory_size)  # [N, S]
+    shifted = weights[..., index]  # [B, H, N, S]
+    return torch.matmul(shifted, shift.unsqueeze(-1)).squeeze(-1)
+
+
+def sharpen(weights: Tensor, gamma: Tensor, eps: float = EPSILON) -> Tensor:
+    """NTM sharpening ``w = w~^gamma / (sum_i w~(i)^gamma + eps)``.
+
+    Args:
+        weights: ``w~`` ``[B, H, N]``, non-negative.
+        gamma: ``[B, H]`` with ``gamma >= 1`` (``1 + softplus``).
+
+    Returns:
+        ``[B, H, N]`` summing to at most 1.
+    """
+    powered = weights.clamp_min(0.0).pow(gamma.unsqueeze(-1))
+    return powered / (powered.sum(dim=-1, keepdim=True) + eps)
+
+
+# ----------------------------------------------------------------------------------------------- DNC
+def update_usage(
+    prev_usage: Tensor, prev_write_weights: Tensor, free_gates: Tensor, prev_read_weights: Tensor
+) -> Tensor:
+    """DNC usage ``u_t = (u + w - u * w) * psi`` with retention ``psi = prod_r (1 - f_r w^r_r)``.
+
+    Args:
+        prev_usage: ``u_{t-1}`` ``[B, N]`` in ``[0, 1]``.
+        prev_write_weights: ``w^w_{t-1}`` ``[B, H, N]``; heads combine as ``w = 1 - prod_h (1 - w_h)``.
+        free_gates: ``f`` ``[B, R]``.
+        prev_read_weights: ``w^r_{t-1}`` ``[B, R, N]``.
+
+    Returns:
+        ``u_t`` ``[B, N]`` in ``[0, 1]``.
+    """
+    # As in DeepMind's Freeness module, usage is not differentiated through the write weights:
+    # the write weights are detached (tf.stop_gradient) here; gradients still flow via free gates and reads.
+    prev_write_weights = prev_write_weights.detach()
+    write = 1.0 - torch.prod(1.0 - prev_write_weights, dim=1)
+    usage = prev_usage + (1.0 - prev_usage) * write
+    retention = torch.prod(1.0 - free_gates.unsqueeze(-1) * prev_read_weights, dim=1)
+    return usage * retention
+
+
+def _exclusive_cumprod(x: Tensor) -> Tensor:
+    """``[a, b, c] -> [1, a, a*b]`` along the last dim."""
+    shifted = torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], dim=-1)
+    return torch.cumprod(shifted, dim=-1)
+
+
+def allocation_weights(usage: Tensor, eps: float = EPSILON) -> Tensor:
+    """DNC allocation ``a(phi_j) = (1 - u(phi_j)) prod_{i<j} u(phi_i)``, ``phi`` = slots by ascending usage.
+
+    Usage is first mapped to ``eps + (1 - eps) * u`` (as DeepMind) so the cumulative product never hits 0.
+    One stable ``torch.sort`` per call (ties go to the lower slot index, like DeepMind's ``top_k``).
+
+    Args:
+        usage: ``u`` ``[B, N]`` in ``[0, 1]``.
+
+    Returns:
+        ``[B, N]`` weights summing to at most 1.
+    """
+    usage = eps + (1.0 - eps) * usage
+    sorted_usage, indices = torch.sort(usage, dim=-1, stable=True)
+    sorted_allocation = (1.0 - sorted_usage) * _exclusive_cumprod(sorted_usage)
+    return torch.zeros_like(sorted_allocation).scatter(-1, indices, sorted_allocation)
+
+
+def write_allocation_weights(usage: Tensor, write_gates: Tensor, num_writes: int) -> Tensor:
+    """Allocation weights for several write heads; each head's allocation raises usage for the next.
+
+    ``a_h = allocation(u)`` then ``u <- u + (1 - u) * g_h * a_h`` (DeepMind ``write_allocation_weights``).
+    The loop over heads is inherently sequential (head ``h`` depends on heads ``< h``).
+
+    Args:
+        usage: ``u`` ``[B, N]``.
+        write_gates: ``g`` ``[B, H]`` (DeepMind passes ``allocation_gate * write_gate``).
+        num_writes: ``H``.
+
+    Returns:
+        ``[B, H, N]``.
+    """
+    if write_gates.shape[-1] != num_writes:
+        raise ValueError(f"write_allocation_weights.write_gates: expected last dim {num_writes}, "
+                         f"got {write_gates.shape[-1]}")
+    allocations = []
+    for head in range(num_writes):
+        allocation = allocation_weights(usage)
+        allocations.append(allocation)
+        usage = usage + (1.0 - usage) * write_gates[:, head : head + 1] * allocation
+    return torch.stack(allocations, dim=1)
+
+
+def write_weights(
+    content_weights: Tensor, allocation_weights: Tensor, allocation_gate: Tensor, write_gate: Tensor
+) -> Tensor:
+    """DNC write weights ``w^w = g^w (g^a a + (1 - g^a) c^w)``.
+
+    Args:
+        content_weights: ``c^w`` ``[B, H, N]``.
+        allocation_weights: ``a`` ``[B, H, N]``.
+        allocation_gate: ``g^a`` ``[B, H]``.
+        write_gate: ``g^w`` ``[B, H]``.
+
+    Returns:
+        ``[B, H, N]``.
+    """
+    allocation_gate = allocation_gate.unsqueeze(-1)
+    mixed = allocation_gate * allocation_weights + (1.0 - allocation_gate) * content_weights
+    return write_gate.unsqueeze(-1) * mixed
+
+
+def erase_and_write(memory: Tensor, write_weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+    """Erase then add: ``M = M * prod_h (1 - w_h e_h^T) + sum_h w_h v_h^T``.
+
+    Args:
+        memory: ``M_{t-1}`` ``[B, N, W]``.
+        write_weights: ``w`` ``[B, H, N]``.
+        erase: ``e`` ``[B, H, W]`` in ``[0, 1]``.
+        add: ``v`` ``[B, H, W]``.
+
+    Returns:
+        ``M_t`` ``[B, N, W]``.
+    """
+    weighted_erase = write_weights.unsqueeze(-1) * erase.unsqueeze(-2)  # [B, H, N, W]
+    keep = torch.prod(1.0 - weighted_erase, dim=1)
+    return torch.baddbmm(memory * keep, write_weights.transpose(1, 2), add)
+
+
+def read_weights(
+    content_weights: Tensor, forward_weights: Tensor, backward_weights: Tensor, read_modes: Tensor
+) -> Tensor:
+    """DNC read weights ``w^r = pi_c c + sum_h pi_f,h f_h + sum_h pi_b,h b_h``.
+
+    Args:
+        content_weights: ``c^r`` ``[B, R, N]``.
+        forward_weights: ``f`` ``[B, R, H, N]``.
+        backward_weights: ``b`` ``[B, R, H, N]``.
+        read_modes: ``pi`` ``[B, R, 1 + 2H]`` laid out as DeepMind: ``[backward_1..H, forward_1..H, content]``.
+
+    Returns:
+        ``[B, R, N]``.
+    """
+    num_writes = forward_weights.shape[2]
+    backward_mode = read_modes[..., :num_writes]
+    forward_mode = read_modes[..., num_writes : 2 * num_writes]
+    content_mode = read_modes[..., 2 * num_writes :]
+    directional = torch.einsum("brh,brhn->brn", forward_mode, forward_weights)
+    directional = directional + torch.einsum("brh,brhn->brn", backward_mode, backward_weights)
+    return content_mode * content_weights + directional
+
+
+# ----------------------------------------------------------------------------------------------- LRUA
+def least_used_weights(usage: Tensor, num_least_used: int) -> Tensor:
+    """LRUA least-used weights: one-hot rows for the ``n`` slots of smallest usage, smallest first.
+
+    Summing the rows gives Santoro et al.'s mask ``w^lu(i) = 1 if u(i) <= m(u, n)`` (``m`` = n-th smallest,
+    ``n`` = number of reads). The mask comes from sort indices, so it is a constant for autograd
+    (differentiable-safe: no gradient flows through the discrete choice). Ties go to the lower slot index.
+
+    Args:
+        usage: ``w^u`` ``[B, N]``.
+        num_least_used: ``n <= N``.
+
+    Returns:
+        ``[B, n, N]`` one-hot rows.
+    """
+    if not 1 <= num_least_used <= usage.shape[-1]:
+        raise ValueError(f"least_used_weights.num_least_used: expected an int in [1, {usage.shape[-1]}], "
+                         f"got {num_least_used}")
+    indices = torch.sort(usage.detach(), dim=-1, stable=True).indices[..., :num_least_used]
+    return F.one_hot(indices, usage.shape[-1]).to(usage.dtype)
+
+
+def lrua_write_weights(prev_read_weights: Tensor, prev_lu_weights: Tensor, sigmoid_gate: Tensor) -> Tensor:
+    """LRUA write weights ``w^w = sigma(alpha) w^r_{t-1} + (1 - sigma(alpha)) w^lu_{t-1}``.
+
+    Args:
+        prev_read_weights: ``w^r_{t-1}`` ``[B, H, N]`` (read head ``h`` paired with write head ``h``).
+        prev_lu_weights: ``w^lu_{t-1}`` ``[B, H, N]``.
+        sigmoid_gate: ``sigma(alpha)`` ``[B, H]`` in ``[0, 1]``.
+
+    Returns:
+        ``[B, H, N]``.
+    """
+    return interpolate(prev_read_weights, prev_lu_weights, sigmoid_gate)
+
+
+def lrua_usage(prev_usage: Tensor, read_weights: Tensor, write_weights: Tensor, gamma: float | Tensor) -> Tensor:
+    """LRUA usage ``w^u_t = gamma w^u_{t-1} + sum_r w^r_t + sum_h w^w_t``.
+
+    Args:
+        prev_usage: ``[B, N]``.
+        read_weights: ``[B, R, N]``.
+        write_weights: ``[B, H, N]``.
+        gamma: decay in ``[0, 1]`` (float or ``[B, 1]`` tensor).
+
+    Returns:
+        ``[B, N]`` in ``[0, (R + H) / (1 - gamma)]``.
+    """
+    return gamma * prev_usage + read_weights.sum(dim=1) + write_weights.sum(dim=1)
