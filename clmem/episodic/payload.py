@@ -1,0 +1,130 @@
+"""Preallocated payload arrays indexed by slot id, and the batch type the stores return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+OPTIONAL_FIELDS = ("inputs", "labels", "logits")
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """Items read from a store, in the order asked for.
+
+    ``inputs``/``labels``/``logits`` are ``None`` when the store was never given them.
+    ``slot_ids`` are the store's ids (global ids for a sharded store).
+    """
+
+    slot_ids: torch.Tensor
+    embeddings: torch.Tensor
+    experiences: torch.Tensor
+    inputs: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """Number of items."""
+        return int(self.slot_ids.shape[0])
+
+    @staticmethod
+    def concat(parts: list["EpisodeBatch"], order: np.ndarray | None = None) -> "EpisodeBatch":
+        """Concatenate batches (then reorder rows by ``order`` if given)."""
+        fields: dict[str, Any] = {}
+        for name in ("slot_ids", "embeddings", "experiences", *OPTIONAL_FIELDS):
+            values = [getattr(p, name) for p in parts]
+            if any(v is None for v in values):
+                fields[name] = None
+                continue
+            joined = torch.cat(values)
+            fields[name] = joined[torch.from_numpy(order)] if order is not None else joined
+        return EpisodeBatch(**fields)
+
+
+def as_tensor(value: Any, name: str, rows: int) -> torch.Tensor:
+    """CPU tensor with ``rows`` leading rows, or a one-line ``ValueError`` naming ``name``."""
+    tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if tensor.dim() == 0 or tensor.shape[0] != rows:
+        raise ValueError(f"add(): {name} must have {rows} rows (one per embedding), got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+class PayloadBuffer:
+    """Embeddings (float32 numpy, for FAISS) and payloads (torch) in arrays of ``capacity`` rows.
+
+    Optional payloads are allocated on the first ``write`` that provides them; from then on every
+    write must provide them (and none may be introduced once items without them are held).
+    """
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        self.capacity = capacity
+        self.dim = dim
+        self._allocate()
+
+    def _allocate(self) -> None:
+        """(Re)allocate empty arrays."""
+        self.embeddings = np.zeros((self.capacity, self.dim), dtype=np.float32)
+        self.experiences = torch.zeros(self.capacity, dtype=torch.int64)
+        self.occupied = np.zeros(self.capacity, dtype=bool)
+        self.optional: dict[str, torch.Tensor | None] = {name: None for name in OPTIONAL_FIELDS}
+
+    def check_schema(self, given: dict[str, torch.Tensor | None]) -> None:
+        """Allocate newly seen optional payloads; reject a batch whose fields differ from what is held."""
+        for name, value in given.items():
+            held = self.optional[name]
+            if held is None and value is not None:
+                if self.occupied.any():
+                    raise ValueError(f"add(): {name} given now but not for the items already held")
+                self.optional[name] = torch.zeros((self.capacity, *value.shape[1:]), dtype=value.dtype)
+            elif held is not None and value is None:
+                raise ValueError(f"add(): {name} expected (the store holds {name} of shape {tuple(held.shape[1:])})")
+            elif held is not None and tuple(value.shape[1:]) != tuple(held.shape[1:]):
+                raise ValueError(f"add(): {name} expected shape (*, {tuple(held.shape[1:])}), got {tuple(value.shape)}")
+
+    def write(self, slots: np.ndarray, rows: np.ndarray, embeddings: np.ndarray, experiences: torch.Tensor,
+              given: dict[str, torch.Tensor | None]) -> None:
+        """Copy batch rows ``rows`` into slots ``slots``."""
+        self.embeddings[slots] = embeddings[rows]
+        index_slots, index_rows = torch.from_numpy(slots), torch.from_numpy(rows)
+        self.experiences[index_slots] = experiences[index_rows]
+        for name, value in given.items():
+            held = self.optional[name]
+            if held is not None and value is not None:
+                held[index_slots] = value[index_rows].to(held.dtype)
+        self.occupied[slots] = True
+
+    def read(self, slots: np.ndarray) -> EpisodeBatch:
+        """Payload batch of the (occupied) slots ``slots``."""
+        index = torch.from_numpy(slots)
+        fields = {name: (t[index].clone() if t is not None else None) for name, t in self.optional.items()}
+        return EpisodeBatch(slot_ids=index.clone(), embeddings=torch.from_numpy(self.embeddings[slots]),
+                            experiences=self.experiences[index].clone(), **fields)
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable state (only occupied rows are kept)."""
+        live = np.flatnonzero(self.occupied)
+        index = torch.from_numpy(live)
+        state: dict[str, Any] = {"slots": index.clone(), "embeddings": torch.from_numpy(self.embeddings[live]),
+                                 "experiences": self.experiences[index].clone()}
+        for name, held in self.optional.items():
+            state[name] = held[index].clone() if held is not None else None
+            state[f"{name}_shape"] = list(held.shape[1:]) if held is not None else None
+            state[f"{name}_dtype"] = str(held.dtype).removeprefix("torch.") if held is not None else None
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state`."""
+        self._allocate()
+        slots = state["slots"].numpy().astype(np.int64)
+        index = torch.from_numpy(slots)
+        self.embeddings[slots] = state["embeddings"].numpy()
+        self.experiences[index] = state["experiences"]
+        for name in OPTIONAL_FIELDS:
+            if state[name] is not None:
+                dtype = getattr(torch, state[f"{name}_dtype"])
+                self.optional[name] = torch.zeros((self.capacity, *state[f"{name}_shape"]), dtype=dtype)
+                self.optional[name][index] = state[name]
+        self.occupied[slots] = True
