@@ -1,0 +1,155 @@
+"""Sparse Access Memory: dense equivalence at K = N, incremental index, sparse gradients, gradcheck, invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+from clmem.memory.sparse import (  # noqa: E402
+    SparseMemory,
+    SparseMemoryConfig,
+    dense_initial_state,
+    dense_memory_step,
+    parse_interface,
+)
+
+B, N, W, R, H, K = 2, 7, 3, 2, 1, 4
+
+
+def _interfaces(cfg: SparseMemoryConfig, steps: int, seed: int, dtype=torch.float64, scale: float = 2.0):
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.randn(steps, B, cfg.interface_size, generator=gen, dtype=dtype) * scale
+    return [parse_interface(raw[t], cfg) for t in range(steps)]
+
+
+def _memory(seed: int, dtype=torch.float64, requires_grad: bool = False) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(B, N, W, generator=gen, dtype=dtype).requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_k_equal_n_matches_dense_reference(heads):
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, num_writes=heads, k_neighbours=N)
+    memory = SparseMemory(cfg)
+    m0 = _memory(0)
+    sparse_state, dense_state = memory.initial_state(B, memory=m0), dense_initial_state(m0, R)
+    for interface in _interfaces(cfg, steps=5, seed=1):
+        sparse_reads, sparse_state = memory.step(interface, sparse_state)
+        dense_reads, dense_state = dense_memory_step(interface, dense_state, cfg)
+        torch.testing.assert_close(sparse_reads, dense_reads)
+        torch.testing.assert_close(SparseMemory.dense_read_weights(sparse_state), dense_state.read_weights)
+        torch.testing.assert_close(sparse_state.store.memory, dense_state.memory)
+        assert torch.equal(sparse_state.store.usage, dense_state.usage)
+
+
+def test_index_is_updated_incrementally_and_finds_new_row():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, k_neighbours=K)
+    memory = SparseMemory(cfg)
+    state = memory.initial_state(B, memory=_memory(2))
+    for interface in _interfaces(cfg, steps=3, seed=3):
+        _, state = memory.step(interface, state)
+    for b, index in enumerate(state.store.indexes):
+        assert index.n_builds == 1 and index.ntotal == N
+        assert 0 < index.n_updated_rows <= 3 * (R * K + 1)
+        written = torch.unique(state.write_indices[b])
+        for slot in written.tolist():  # each written row is its own nearest neighbour in the index
+            query = state.store.memory[b, slot].unsqueeze(0).numpy()
+            if query.any():
+                scores = torch.nn.functional.cosine_similarity(state.store.memory[b], state.store.memory[b, slot])
+                top = index.search(query, 1)[0, 0]
+                assert scores[top] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gradients_reach_only_touched_rows():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=1, k_neighbours=2)
+    memory = SparseMemory(cfg)
+    m0 = _memory(4, requires_grad=True)
+    gen = torch.Generator().manual_seed(5)
+    raw = torch.randn(B, cfg.interface_size, generator=gen, dtype=torch.float64)
+    reads, state = memory.step(parse_interface(raw, cfg), memory.initial_state(B, memory=m0))
+    reads.square().sum().backward()
+    touched = torch.zeros(B, N, dtype=torch.bool)
+    touched.scatter_(1, state.read_indices.reshape(B, -1), True)
+    touched.scatter_(1, state.write_indices, True)
+    assert (~touched).any()
+    assert torch.all(m0.grad[~touched] == 0)
+    assert m0.grad[touched].abs().sum() > 0
+
+
+def test_gradcheck_one_step():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, num_writes=2, k_neighbours=K)
+    memory = SparseMemory(cfg)
+    gen = torch.Generator().manual_seed(6)
+    m0 = torch.randn(B, N, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(B, cfg.interface_size, generator=gen, dtype=torch.float64, requires_grad=True)
+    warmup = _interfaces(cfg, steps=1, seed=7)[0]
+
+    def two_steps(m, vector):  # the second step writes to the slots read by the first one
+        _, state = memory.step(warmup, memory.initial_state(B, memory=m))
+        reads, _ = memory.step(parse_interface(vector, cfg), state)
+        return reads
+
+    assert torch.autograd.gradcheck(two_steps, (m0, raw), eps=1e-6, atol=1e-5)
+
+
+def test_weight_invariants():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, num_writes=2, k_neighbours=K)
+    memory = SparseMemory(cfg)
+    state = memory.initial_state(B, dtype=torch.float64)
+    for interface in _interfaces(cfg, steps=4, seed=8, scale=5.0):
+        _, state = memory.step(interface, state)
+        for weights in (SparseMemory.dense_read_weights(state), SparseMemory.dense_write_weights(state)):
+            assert torch.all(weights >= 0)
+            assert torch.all(weights.sum(-1) <= 1 + 1e-12)
+        assert torch.all(state.read_weights >= 0) and torch.all(state.write_weights >= 0)
+        assert torch.all(state.store.usage <= state.time)
+
+
+def test_stale_state_and_detach():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, k_neighbours=K)
+    memory = SparseMemory(cfg)
+    first = memory.initial_state(B, memory=_memory(9, requires_grad=True))
+    interfaces = _interfaces(cfg, steps=2, seed=10)
+    _, second = memory.step(interfaces[0], first)
+    with pytest.raises(RuntimeError, match="stale state"):
+        memory.step(interfaces[1], first)
+    detached = SparseMemory.detach_state(second)
+    assert detached.pool.shape[0] == 0 and not detached.read_words.requires_grad
+    before = detached.store.memory.clone()
+    reads, _ = memory.step(interfaces[1], detached)
+    assert reads.shape == (B, R, W)
+    assert not torch.equal(before, detached.store.memory)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"memory_size": 0}, "memory_size"),
+        ({"word_size": -1}, "word_size"),
+        ({"num_reads": 1.5}, "num_reads"),
+        ({"k_neighbours": N + 1}, "k_neighbours"),
+        ({"usage_threshold": 0.0}, "usage_threshold"),
+        ({"nlist": N + 1}, "nlist"),
+        ({"num_writes": True}, "num_writes"),
+    ],
+)
+def test_config_validation(kwargs, field):
+    args = {"memory_size": N, "word_size": W, "num_reads": R, **kwargs}
+    with pytest.raises(ValueError, match=rf"^SparseMemoryConfig\.{field}: "):
+        SparseMemoryConfig(**args)
+
+
+def test_approximate_index_for_large_memory():
+    cfg = SparseMemoryConfig(memory_size=5000, word_size=W, num_reads=R, k_neighbours=K, nprobe=4)
+    assert cfg.resolved_nlist == 71
+    memory = SparseMemory(cfg)
+    state = memory.initial_state(1)
+    interfaces = _interfaces(SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R), steps=3, seed=11,
+                             dtype=torch.float32)
+    for interface in interfaces:
+        _, state = memory.step(interface._replace(**{f: v[:1] for f, v in interface._asdict().items()}), state)
+    assert state.store.indexes[0].ntotal == 5000
+    assert state.read_indices.shape == (1, R, K)
+    assert torch.all(state.read_indices >= 0) and torch.all(state.read_indices < 5000)
