@@ -1,0 +1,219 @@
+"""Controller + memory cores: ``NTMCore``, ``DNCCore`` and ``MANNCore`` (LRUA).
+
+Per step: ``controller([x_t, r_{t-1}])`` -> clip -> linear interface -> ``memory.step`` -> read words ``r_t``;
+output ``y_t = clip(Linear([controller_out, r_t]))`` (as DeepMind's DNC). State is explicit and immutable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_choice, check_int, check_positive_float
+from .controller import CONTROLLER_KINDS, Controller, ControllerState
+from .dnc import DNCMemory, DNCMemoryConfig
+from .lrua import LRUAMemory, LRUAMemoryConfig
+from .ntm import NTMMemory, NTMMemoryConfig
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Shared core hyper-parameters; ``clip_value=None`` disables clipping of controller and core outputs."""
+
+    input_size: int
+    output_size: int
+    hidden_size: int = 64
+    controller: str = "lstm"
+    memory_size: int = 128
+    word_size: int = 20
+    num_reads: int = 1
+    num_writes: int = 1
+    clip_value: Optional[float] = 20.0
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for field in ("input_size", "output_size", "hidden_size", "memory_size", "word_size", "num_reads",
+                      "num_writes"):
+            check_int(owner, field, getattr(self, field), 1)
+        check_choice(owner, "controller", self.controller, CONTROLLER_KINDS)
+        check_positive_float(owner, "clip_value", self.clip_value, allow_none=True)
+
+
+@dataclass(frozen=True)
+class DNCCoreConfig(CoreConfig):
+    """``DNCCore`` hyper-parameters."""
+
+    def memory_config(self) -> DNCMemoryConfig:
+        return DNCMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes)
+
+
+@dataclass(frozen=True)
+class NTMCoreConfig(CoreConfig):
+    """``NTMCore`` hyper-parameters; ``shift_range`` s allows shifts in ``[-s, s]``."""
+
+    shift_range: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(type(self).__name__, "shift_range", self.shift_range, 0)
+
+    def memory_config(self) -> NTMMemoryConfig:
+        return NTMMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes, self.shift_range)
+
+
+@dataclass(frozen=True)
+class MANNCoreConfig(CoreConfig):
+    """``MANNCore`` (LRUA) hyper-parameters; needs ``num_writes <= num_reads``."""
+
+    usage_decay: float = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        if self.num_writes > self.num_reads or self.num_writes > self.memory_size:
+            raise ValueError(f"{owner}.num_writes: expected an int <= num_reads ({self.num_reads}) "
+                             f"and <= memory_size ({self.memory_size}), got {self.num_writes}")
+        decay = self.usage_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"{owner}.usage_decay: expected a float in [0, 1), got {decay!r}")
+
+    def memory_config(self) -> LRUAMemoryConfig:
+        return LRUAMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes,
+                                float(self.usage_decay))
+
+
+class CoreState(NamedTuple):
+    """Core state: controller state, memory state (``NTMState``/``DNCState``/``LRUAState``), ``read_words``
+    ``[B, R, W]`` from the previous step."""
+
+    controller_state: ControllerState
+    memory_state: Any
+    read_words: Tensor
+
+
+class CoreTrace(NamedTuple):
+    """Per-step addressing trace (detached, for plots); ``usage`` is ``None`` for the NTM (no usage)."""
+
+    read_weights: Tensor  # [B, T, R, N]
+    write_weights: Tensor  # [B, T, H, N]
+    usage: Optional[Tensor]  # [B, T, N]
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor of a (nested) NamedTuple state, for truncated BPTT."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(detach_state(item) for item in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(item) for item in state)
+    return state
+
+
+class MemoryCore(nn.Module):
+    """Base class: controller + memory module; subclasses set ``config_class`` and ``memory_class``."""
+
+    config_class: type = CoreConfig
+    memory_class: type = DNCMemory
+
+    def __init__(self, config: Optional[CoreConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = self.config_class(**kwargs)
+        elif kwargs or not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__}: pass either a {self.config_class.__name__} or keyword "
+                            f"arguments, not both")
+        self.config = config
+        read_size = config.num_reads * config.word_size
+        self.memory = self.memory_class(config.memory_config())
+        self.controller = Controller(config.input_size + read_size, config.hidden_size, config.controller)
+        self.interface_layer = nn.Linear(config.hidden_size, self.memory.interface_size)
+        self.output_layer = nn.Linear(config.hidden_size + read_size, config.output_size)
+
+    def _clip(self, x: Tensor) -> Tensor:
+        clip = self.config.clip_value
+        return x if clip is None else x.clamp(-clip, clip)
+
+    def initial_state(
+        self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> CoreState:
+        """Zero state on ``device`` with ``dtype`` (default: the parameters' dtype)."""
+        if dtype is None:
+            dtype = self.output_layer.weight.dtype
+        c = self.config
+        return CoreState(
+            controller_state=self.controller.initial_state(batch_size, device, dtype),
+            memory_state=self.memory.initial_state(batch_size, device, dtype),
+            read_words=torch.zeros(batch_size, c.num_reads, c.word_size, device=device, dtype=dtype),
+        )
+
+    def step(self, x_t: Tensor, prev_state: CoreState) -> Tuple[Tensor, CoreState]:
+        """One time step: ``x_t [B, input_size]`` -> ``(y_t [B, output_size], next_state)``."""
+        batch_size = x_t.shape[0]
+        controller_input = torch.cat([x_t, prev_state.read_words.reshape(batch_size, -1)], dim=-1)
+        controller_output, controller_state = self.controller(controller_input, prev_state.controller_state)
+        controller_output = self._clip(controller_output)
+        interface = self.memory.parse_interface(self.interface_layer(controller_output))
+        read_words, memory_state = self.memory.step(interface, prev_state.memory_state)
+        output = self.output_layer(torch.cat([controller_output, read_words.reshape(batch_size, -1)], dim=-1))
+        return self._clip(output), CoreState(controller_state, memory_state, read_words)
+
+    def forward(
+        self, x: Tensor, state: Optional[CoreState] = None, return_trace: bool = False
+    ) -> Union[Tuple[Tensor, CoreState], Tuple[Tensor, CoreState, CoreTrace]]:
+        """Batch-first unroll: ``x [B, T, input_size]`` -> ``(y [B, T, output_size], final_state[, trace])``."""
+        if x.dim() != 3 or x.shape[-1] != self.config.input_size or x.shape[1] < 1:
+            raise ValueError(f"{type(self).__name__}.forward: expected x of shape [B, T>=1, "
+                             f"{self.config.input_size}], got {tuple(x.shape)}")
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        outputs, memory_states = [], []
+        for t in range(x.shape[1]):
+            y_t, state = self.step(x[:, t], state)
+            outputs.append(y_t)
+            if return_trace:
+                memory_states.append(detach_state(state.memory_state))
+        y = torch.stack(outputs, dim=1)
+        if not return_trace:
+            return y, state
+        return y, state, self._trace(memory_states)
+
+    @staticmethod
+    def _trace(memory_states: list) -> CoreTrace:
+        usage = None
+        if hasattr(memory_states[0], "usage"):
+            usage = torch.stack([s.usage for s in memory_states], dim=1)
+        return CoreTrace(
+            read_weights=torch.stack([s.read_weights for s in memory_states], dim=1),
+            write_weights=torch.stack([s.write_weights for s in memory_states], dim=1),
+            usage=usage,
+        )
+
+    @staticmethod
+    def detach_state(state: CoreState) -> CoreState:
+        """Detach a state from the autograd graph (truncated BPTT)."""
+        return detach_state(state)
+
+
+class DNCCore(MemoryCore):
+    """Differentiable Neural Computer core (Graves et al. 2016)."""
+
+    config_class = DNCCoreConfig
+    memory_class = DNCMemory
+
+
+class NTMCore(MemoryCore):
+    """Neural Turing Machine core (Graves et al. 2014)."""
+
+    config_class = NTMCoreConfig
+    memory_class = NTMMemory
+
+
+class MANNCore(MemoryCore):
+    """Memory-augmented neural network with LRUA memory (Santoro et al. 2016)."""
+
+    config_class = MANNCoreConfig
+    memory_class = LRUAMemory

@@ -1,0 +1,149 @@
+"""DNC memory access (Graves et al. 2016) with explicit immutable state, following DeepMind's ``MemoryAccess``.
+
+One step: usage update (free gates, previous reads/writes) -> write weights (content + allocation) ->
+erase-and-write -> temporal link and precedence -> read weights (content, forward, backward) -> read words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import addressing as addr
+from ._interface import layout_size, split_interface
+from ._validation import check_int
+
+
+@dataclass(frozen=True)
+class DNCMemoryConfig:
+    """DNC memory sizes: ``memory_size`` N, ``word_size`` W, ``num_reads`` R, ``num_writes`` H."""
+
+    memory_size: int
+    word_size: int
+    num_reads: int
+    num_writes: int = 1
+
+    def __post_init__(self) -> None:
+        for field in ("memory_size", "word_size", "num_reads", "num_writes"):
+            check_int("DNCMemoryConfig", field, getattr(self, field), 1)
+
+
+class DNCInterface(NamedTuple):
+    """Parsed DNC interface (``read_modes`` last dim is ``[backward_1..H, forward_1..H, content]``)."""
+
+    read_keys: Tensor  # [B, R, W]
+    read_strengths: Tensor  # [B, R], >= 1
+    write_keys: Tensor  # [B, H, W]
+    write_strengths: Tensor  # [B, H], >= 1
+    erase_vectors: Tensor  # [B, H, W] in [0, 1]
+    write_vectors: Tensor  # [B, H, W]
+    free_gates: Tensor  # [B, R] in [0, 1]
+    allocation_gates: Tensor  # [B, H] in [0, 1]
+    write_gates: Tensor  # [B, H] in [0, 1]
+    read_modes: Tensor  # [B, R, 1 + 2H], softmax
+
+
+class DNCState(NamedTuple):
+    """DNC memory state."""
+
+    memory: Tensor  # [B, N, W]
+    read_weights: Tensor  # [B, R, N]
+    write_weights: Tensor  # [B, H, N]
+    usage: Tensor  # [B, N]
+    link: Tensor  # [B, H, N, N]
+    precedence: Tensor  # [B, H, N]
+
+
+class DNCMemory(nn.Module):
+    """Parameter-free DNC memory: ``step(interface, prev_state) -> (read_words [B, R, W], next_state)``."""
+
+    def __init__(self, config: Optional[DNCMemoryConfig] = None, **kwargs) -> None:
+        super().__init__()
+        self.config = config if config is not None else DNCMemoryConfig(**kwargs)
+        c = self.config
+        self._layout = (
+            ("read_keys", (c.num_reads, c.word_size)),
+            ("read_strengths", (c.num_reads,)),
+            ("write_keys", (c.num_writes, c.word_size)),
+            ("write_strengths", (c.num_writes,)),
+            ("erase_vectors", (c.num_writes, c.word_size)),
+            ("write_vectors", (c.num_writes, c.word_size)),
+            ("free_gates", (c.num_reads,)),
+            ("allocation_gates", (c.num_writes,)),
+            ("write_gates", (c.num_writes,)),
+            ("read_modes", (c.num_reads, 1 + 2 * c.num_writes)),
+        )
+
+    @property
+    def interface_size(self) -> int:
+        """Length of the flat interface vector: ``R*W + R + 3*H*W + H + R + 2*H + R*(1 + 2H)``."""
+        return layout_size(self._layout)
+
+    def parse_interface(self, vector: Tensor) -> DNCInterface:
+        """``[B, interface_size]`` -> ``DNCInterface`` (oneplus strengths, sigmoid gates/erase, softmax modes)."""
+        raw = split_interface("DNCMemory", vector, self._layout)
+        return DNCInterface(
+            read_keys=raw["read_keys"],
+            read_strengths=addr.oneplus(raw["read_strengths"]),
+            write_keys=raw["write_keys"],
+            write_strengths=addr.oneplus(raw["write_strengths"]),
+            erase_vectors=torch.sigmoid(raw["erase_vectors"]),
+            write_vectors=raw["write_vectors"],
+            free_gates=torch.sigmoid(raw["free_gates"]),
+            allocation_gates=torch.sigmoid(raw["allocation_gates"]),
+            write_gates=torch.sigmoid(raw["write_gates"]),
+            read_modes=torch.softmax(raw["read_modes"], dim=-1),
+        )
+
+    def initial_state(
+        self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> DNCState:
+        """All-zero state (memory, weights, usage, link, precedence)."""
+        check_int("DNCMemory.initial_state", "batch_size", batch_size, 1)
+        c = self.config
+        B, N, W, R, H = batch_size, c.memory_size, c.word_size, c.num_reads, c.num_writes
+        kw = dict(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
+        return DNCState(
+            memory=torch.zeros(B, N, W, **kw),
+            read_weights=torch.zeros(B, R, N, **kw),
+            write_weights=torch.zeros(B, H, N, **kw),
+            usage=torch.zeros(B, N, **kw),
+            link=torch.zeros(B, H, N, N, **kw),
+            precedence=torch.zeros(B, H, N, **kw),
+        )
+
+    def _next_write_weights(self, interface: DNCInterface, prev_memory: Tensor, usage: Tensor) -> Tensor:
+        """Write weights ``[B, H, N]`` from content lookup on ``M_{t-1}`` and allocation from ``u_t``."""
+        content = addr.content_weights(prev_memory, interface.write_keys, interface.write_strengths)
+        allocation = addr.write_allocation_weights(
+            usage, interface.allocation_gates * interface.write_gates, self.config.num_writes
+        )
+        return addr.write_weights(content, allocation, interface.allocation_gates, interface.write_gates)
+
+    def _next_read_weights(self, interface: DNCInterface, memory: Tensor, prev_read_weights: Tensor,
+                           link: Tensor) -> Tensor:
+        """Read weights ``[B, R, N]`` mixing content, forward and backward modes."""
+        content = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
+        forward = addr.directional_read_weights(link, prev_read_weights, forward=True)
+        backward = addr.directional_read_weights(link, prev_read_weights, forward=False)
+        return addr.read_weights(content, forward, backward, interface.read_modes)
+
+    def step(self, interface: DNCInterface, prev_state: DNCState) -> Tuple[Tensor, DNCState]:
+        """One memory step: ``(read_words [B, R, W], next_state)``."""
+        usage = addr.update_usage(
+            prev_state.usage, prev_state.write_weights, interface.free_gates, prev_state.read_weights
+        )
+        write_weights = self._next_write_weights(interface, prev_state.memory, usage)
+        memory = addr.erase_and_write(
+            prev_state.memory, write_weights, interface.erase_vectors, interface.write_vectors
+        )
+        link = addr.update_link(prev_state.link, prev_state.precedence, write_weights)
+        precedence = addr.update_precedence(prev_state.precedence, write_weights)
+        read_weights = self._next_read_weights(interface, memory, prev_state.read_weights, link)
+        next_state = DNCState(memory, read_weights, write_weights, usage, link, precedence)
+        return addr.read_memory(memory, read_weights), next_state
+
+    forward = step

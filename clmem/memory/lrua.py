@@ -1,0 +1,119 @@
+"""Least Recently Used Access memory (Santoro et al. 2016, MANN) with explicit immutable state.
+
+One step: the least-used slots (from ``w^u_{t-1}``) are zeroed; write head ``h`` writes with
+``w^w_h = sigma(alpha_h) w^r_{t-1,h} + (1 - sigma(alpha_h)) w^lu_{t-1,h}`` (``w^lu_h`` = the h-th least-used slot);
+read heads address ``M_t`` by content; usage ``w^u_t = gamma w^u_{t-1} + sum w^r_t + sum w^w_t``.
+Key strengths are an extension (``beta = 1`` recovers the paper's plain softmax of cosine similarities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import addressing as addr
+from ._interface import layout_size, split_interface
+from ._validation import check_int
+
+
+@dataclass(frozen=True)
+class LRUAMemoryConfig:
+    """LRUA sizes: N, W, R read heads, ``H <= R`` write heads (write head h reuses read head h's weights),
+    ``usage_decay`` gamma in ``[0, 1)``."""
+
+    memory_size: int
+    word_size: int
+    num_reads: int
+    num_writes: int = 1
+    usage_decay: float = 0.95
+
+    def __post_init__(self) -> None:
+        for field in ("memory_size", "word_size", "num_reads", "num_writes"):
+            check_int("LRUAMemoryConfig", field, getattr(self, field), 1)
+        if self.num_writes > self.num_reads or self.num_writes > self.memory_size:
+            raise ValueError(f"LRUAMemoryConfig.num_writes: expected an int <= num_reads ({self.num_reads}) "
+                             f"and <= memory_size ({self.memory_size}), got {self.num_writes}")
+        decay = self.usage_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"LRUAMemoryConfig.usage_decay: expected a float in [0, 1), got {decay!r}")
+
+
+class LRUAInterface(NamedTuple):
+    """Parsed LRUA interface."""
+
+    read_keys: Tensor  # [B, R, W]
+    read_strengths: Tensor  # [B, R], >= 1 (oneplus)
+    write_vectors: Tensor  # [B, H, W]
+    write_gates: Tensor  # [B, H], sigma(alpha) in [0, 1]
+
+
+class LRUAState(NamedTuple):
+    """LRUA memory state."""
+
+    memory: Tensor  # [B, N, W]
+    read_weights: Tensor  # [B, R, N]
+    write_weights: Tensor  # [B, H, N]
+    usage: Tensor  # [B, N]
+
+
+class LRUAMemory(nn.Module):
+    """Parameter-free LRUA memory: ``step(interface, prev_state) -> (read_words [B, R, W], next_state)``."""
+
+    def __init__(self, config: Optional[LRUAMemoryConfig] = None, **kwargs) -> None:
+        super().__init__()
+        self.config = config if config is not None else LRUAMemoryConfig(**kwargs)
+        c = self.config
+        self._layout = (
+            ("read_keys", (c.num_reads, c.word_size)),
+            ("read_strengths", (c.num_reads,)),
+            ("write_vectors", (c.num_writes, c.word_size)),
+            ("write_gates", (c.num_writes,)),
+        )
+
+    @property
+    def interface_size(self) -> int:
+        """``R * (W + 1) + H * (W + 1)``."""
+        return layout_size(self._layout)
+
+    def parse_interface(self, vector: Tensor) -> LRUAInterface:
+        """``[B, interface_size]`` -> ``LRUAInterface`` (oneplus strengths, sigmoid gates)."""
+        raw = split_interface("LRUAMemory", vector, self._layout)
+        return LRUAInterface(
+            read_keys=raw["read_keys"],
+            read_strengths=addr.oneplus(raw["read_strengths"]),
+            write_vectors=raw["write_vectors"],
+            write_gates=torch.sigmoid(raw["write_gates"]),
+        )
+
+    def initial_state(
+        self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> LRUAState:
+        """Zero memory, weights and usage."""
+        check_int("LRUAMemory.initial_state", "batch_size", batch_size, 1)
+        c = self.config
+        kw = dict(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
+        return LRUAState(
+            memory=torch.zeros(batch_size, c.memory_size, c.word_size, **kw),
+            read_weights=torch.zeros(batch_size, c.num_reads, c.memory_size, **kw),
+            write_weights=torch.zeros(batch_size, c.num_writes, c.memory_size, **kw),
+            usage=torch.zeros(batch_size, c.memory_size, **kw),
+        )
+
+    def step(self, interface: LRUAInterface, prev_state: LRUAState) -> Tuple[Tensor, LRUAState]:
+        """Zero least-used slots, write, read, update usage: ``(read_words [B, R, W], next_state)``."""
+        c = self.config
+        prev_lu_weights = addr.least_used_weights(prev_state.usage, c.num_writes)  # [B, H, N]
+        write_weights = addr.lrua_write_weights(
+            prev_state.read_weights[:, : c.num_writes], prev_lu_weights, interface.write_gates
+        )
+        cleared = prev_state.memory * (1.0 - prev_lu_weights.sum(dim=1)).unsqueeze(-1)
+        memory = torch.baddbmm(cleared, write_weights.transpose(1, 2), interface.write_vectors)
+        read_weights = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
+        usage = addr.lrua_usage(prev_state.usage, read_weights, write_weights, c.usage_decay)
+        next_state = LRUAState(memory, read_weights, write_weights, usage)
+        return addr.read_memory(memory, read_weights), next_state
+
+    forward = step
