@@ -52,6 +52,15 @@ def as_tensor(value: Any, name: str, rows: int) -> torch.Tensor:
     return tensor
 
 
+def as_range(index: np.ndarray) -> slice | None:
+    """``index`` as an equivalent slice when it is a run of consecutive integers, else ``None``."""
+    if len(index) == 0 or int(index[-1]) - int(index[0]) != len(index) - 1:
+        return None
+    if len(index) > 1 and not bool((np.diff(index) == 1).all()):
+        return None
+    return slice(int(index[0]), int(index[-1]) + 1)
+
+
 class PayloadBuffer:
     """Embeddings (float32 numpy, for FAISS) and payloads (torch) in arrays of ``capacity`` rows.
 
@@ -86,14 +95,18 @@ class PayloadBuffer:
 
     def write(self, slots: np.ndarray, rows: np.ndarray, embeddings: np.ndarray, experiences: torch.Tensor,
               given: dict[str, torch.Tensor | None]) -> None:
-        """Copy batch rows ``rows`` into slots ``slots``."""
-        self.embeddings[slots] = embeddings[rows]
-        index_slots, index_rows = torch.from_numpy(slots), torch.from_numpy(rows)
-        self.experiences[index_slots] = experiences[index_rows]
+        """Copy batch rows ``rows`` into slots ``slots`` (plain slice copies when both are ranges)."""
+        dst, src = as_range(slots), as_range(rows)
+        if dst is None or src is None:
+            dst, src = torch.from_numpy(slots), torch.from_numpy(rows)  # type: ignore[assignment]
+            self.embeddings[slots] = embeddings[rows]
+        else:
+            self.embeddings[dst] = embeddings[src]
+        self.experiences[dst] = experiences[src]
         for name, value in given.items():
             held = self.optional[name]
             if held is not None and value is not None:
-                held[index_slots] = value[index_rows].to(held.dtype)
+                held[dst] = value[src].to(held.dtype)
         self.occupied[slots] = True
 
     def read(self, slots: np.ndarray) -> EpisodeBatch:

@@ -60,6 +60,9 @@ class ReservoirPolicy(_Policy):
         free = np.flatnonzero(~occupied)[:m]
         n_free = len(free)
         rest = m - n_free
+        if rest == 0:  # free slots are distinct: nothing can be overwritten within the batch
+            self.seen += m
+            return free.astype(np.int64)
         stream_index = self.seen + n_free + np.arange(rest, dtype=np.int64)
         draws = self.rng.integers(0, stream_index + 1) if rest else np.empty(0, dtype=np.int64)
         replaced = np.where(draws < self.capacity, draws, -1)
