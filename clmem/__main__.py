@@ -1,0 +1,5 @@
+import sys
+
+from clmem.cli import main
+
+sys.exit(main())

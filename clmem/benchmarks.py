@@ -1,0 +1,179 @@
+"""Avalanche benchmark streams by name.
+
+Offline (no download, data shipped with scikit-learn): ``split_digits`` (class-incremental) and
+``permuted_digits`` (domain-incremental). Real: ``split_mnist`` and ``permuted_mnist`` through
+Avalanche, reading MNIST from ``dataset_root`` (default ``$CLMEM_DATA/mnist``); when the files are
+absent they fail at once with a clear error instead of attempting a download.
+
+Every builder takes the trial ``seed`` plus its declared options and returns a :class:`Stream`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from clmem.options import Opt
+from clmem.registry import Registry
+
+BENCHMARKS = Registry("benchmark")
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class Stream(NamedTuple):
+    """An Avalanche benchmark plus what a model and the metrics need to know about it."""
+
+    benchmark: Any
+    input_shape: tuple[int, ...]
+    num_classes: int
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+
+
+class _LabelledTensors(TensorDataset):
+    """A ``TensorDataset`` exposing ``targets``, as Avalanche's classification datasets expect."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__(x, y)
+        self.targets = y
+
+
+def _digits_split(split_seed: int, test_fraction: float):
+    """scikit-learn's bundled 8×8 digits as [N, 1, 8, 8] tensors in [0, 1], stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]
+    y = data.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=split_seed, stratify=y
+    )
+    as_t = torch.from_numpy
+    return (as_t(x_tr), as_t(y_tr)), (as_t(x_te), as_t(y_te))
+
+
+_DIGITS_OPTS = {
+    "test_fraction": Opt(float, 0.3, min=0.05, max=0.9, help="held-out fraction of each class"),
+    "split_seed": Opt(int, 0, min=0, help="seed of the train/test split (fixed across trials)"),
+}
+
+
+@BENCHMARKS.register(
+    "split_digits",
+    {"n_experiences": Opt(int, 5, choices=(1, 2, 5, 10)), **_DIGITS_OPTS},
+    "class-incremental scikit-learn digits, classes split over experiences in a seeded order",
+)
+def split_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.3, split_seed: int = 0):
+    from avalanche.benchmarks import nc_benchmark
+
+    (x_tr, y_tr), (x_te, y_te) = _digits_split(split_seed, test_fraction)
+    bench = nc_benchmark(
+        _LabelledTensors(x_tr, y_tr), _LabelledTensors(x_te, y_te), n_experiences,
+        task_labels=False, seed=seed,
+    )
+    return Stream(bench, (1, 8, 8), 10)
+
+
+def _permuted(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1)[:, perm]
+    return flat.reshape(x.shape)
+
+
+@BENCHMARKS.register(
+    "permuted_digits",
+    {"n_experiences": Opt(int, 5, min=1, max=50), **_DIGITS_OPTS},
+    "domain-incremental digits: each experience applies its own seeded pixel permutation",
+)
+def permuted_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.3, split_seed: int = 0):
+    from avalanche.benchmarks import benchmark_from_datasets
+    from avalanche.benchmarks.utils import as_taskaware_classification_dataset as as_cls
+
+    (x_tr, y_tr), (x_te, y_te) = _digits_split(split_seed, test_fraction)
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for _ in range(n_experiences):
+        perm = torch.randperm(x_tr[0].numel(), generator=gen)
+        train.append(as_cls(_LabelledTensors(_permuted(x_tr, perm), y_tr)))
+        test.append(as_cls(_LabelledTensors(_permuted(x_te, perm), y_te)))
+    return Stream(benchmark_from_datasets(train=train, test=test), (1, 8, 8), 10)
+
+
+def default_data_root(name: str) -> str:
+    """``$CLMEM_DATA/<name>`` when ``CLMEM_DATA`` is set, else ``./data/<name>``."""
+    return str(Path(os.environ.get("CLMEM_DATA", "data")) / name)
+
+
+def check_mnist_root(dataset_root: str | os.PathLike) -> Path:
+    """Return the MNIST root, or raise ``FileNotFoundError`` naming what is missing.
+
+    Expects torchvision's layout ``<root>/MNIST/raw/<idx file>`` (unpacked). Checking first means
+    a missing dataset fails at once rather than starting a download that hangs offline.
+    """
+    root = Path(dataset_root).expanduser()
+    raw = root / "MNIST" / "raw"
+    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST not found: expected {raw}/{missing[0]} (torchvision layout <root>/MNIST/raw/); "
+            f"set benchmark.dataset_root or CLMEM_DATA to a folder holding MNIST; clmem never downloads"
+        )
+    return root
+
+
+_MNIST_ROOT = Opt(str, None, nullable=True, help="folder with MNIST/raw/; default $CLMEM_DATA/mnist")
+
+
+@BENCHMARKS.register(
+    "split_mnist",
+    {"n_experiences": Opt(int, 5, choices=(1, 2, 5, 10)), "dataset_root": _MNIST_ROOT},
+    "Avalanche SplitMNIST, class-incremental, seeded class order",
+)
+def split_mnist(seed: int, n_experiences: int = 5, dataset_root: str | None = None):
+    from avalanche.benchmarks.classic import SplitMNIST
+
+    root = check_mnist_root(dataset_root or default_data_root("mnist"))
+    bench = SplitMNIST(n_experiences=n_experiences, seed=seed, dataset_root=str(root))
+    return Stream(bench, (1, 28, 28), 10)
+
+
+@BENCHMARKS.register(
+    "permuted_mnist",
+    {"n_experiences": Opt(int, 10, min=1, max=50), "dataset_root": _MNIST_ROOT},
+    "Avalanche PermutedMNIST, domain-incremental, seeded permutations",
+)
+def permuted_mnist(seed: int, n_experiences: int = 10, dataset_root: str | None = None):
+    from avalanche.benchmarks.classic import PermutedMNIST
+
+    root = check_mnist_root(dataset_root or default_data_root("mnist"))
+    bench = PermutedMNIST(n_experiences=n_experiences, seed=seed, dataset_root=str(root))
+    return Stream(bench, (1, 28, 28), 10)
+
+
+def build_stream(name: str, seed: int, **options) -> Stream:
+    """Build the benchmark ``name`` with the trial ``seed`` and its options."""
+    return BENCHMARKS.get(name).builder(seed, **options)
+
+
+#: Checks run in the driver before anything is launched or written, per benchmark name.
+_PREFLIGHT = {
+    "split_mnist": lambda opts: check_mnist_root(opts.get("dataset_root") or default_data_root("mnist")),
+    "permuted_mnist": lambda opts: check_mnist_root(opts.get("dataset_root") or default_data_root("mnist")),
+}
+
+
+def preflight(section: dict) -> None:
+    """Fail early (``FileNotFoundError``) when a resolved benchmark section's data is absent."""
+    check = _PREFLIGHT.get(section["name"])
+    if check is not None:
+        check(section)

@@ -1,0 +1,151 @@
+"""One trial: build stream, model and strategy; train experience by experience; fill R.
+
+The runner knows nothing of Ray or MLflow: it calls ``on_experience(i, report)`` after each
+experience ``i`` with a flat dict of floats plus the rows of R so far (``R``) and the scores at
+initialisation (``b``). The last report also carries the summary metrics (:data:`SUMMARY_KEYS`).
+"""
+from __future__ import annotations
+
+import random
+import re
+import time
+import warnings
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from clmem import metrics
+from clmem.benchmarks import Stream, build_stream
+from clmem.models import build_model
+
+SUMMARY_KEYS = ("ACC", "BWT", "FWT", "Forgetting", "AIA", "wall_time_s")
+_EXP_ACC = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
+_OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay")
+
+
+class TrialResult(NamedTuple):
+    R: list[list[float]]
+    b: list[float]
+    summary: dict[str, float]
+    avalanche: dict[str, float]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (Avalanche's RNG manager too)."""
+    from avalanche.training.determinism.rng_manager import RNGManager
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    RNGManager.set_random_seeds(seed)
+
+
+def pick_device(gpu: float) -> str:
+    """``cuda`` when the trial asked for a GPU and CUDA is present; otherwise ``cpu``, with a warning."""
+    if gpu > 0 and torch.cuda.is_available():
+        return "cuda"
+    if gpu > 0:
+        warnings.warn("resources.gpu > 0 but CUDA is not available in this worker: running on the CPU")
+    return "cpu"
+
+
+def make_optimizer(params, optimizer: str, lr: float, momentum: float, weight_decay: float):
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_evaluator():
+    """Avalanche's own accuracy, forgetting and BWT metrics (no loggers: clmem logs itself)."""
+    from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(
+            accuracy_metrics(experience=True, stream=True),
+            forgetting_metrics(experience=True, stream=True),
+            bwt_metrics(experience=True, stream=True),
+            loggers=[],
+        )
+
+
+def evaluate_row(strategy, test_stream) -> tuple[list[float], dict]:
+    """Evaluate on every test experience: (accuracy per experience in order, all metric values)."""
+    results = strategy.eval(test_stream)
+    row = {int(m.group(1)): float(v) for k, v in results.items() if (m := _EXP_ACC.match(k))}
+    if sorted(row) != list(range(len(test_stream))):
+        raise RuntimeError(f"evaluation returned accuracies for experiences {sorted(row)}")
+    return [row[j] for j in range(len(test_stream))], results
+
+
+def build_strategy(trial: dict, stream: Stream, device: str):
+    """The trial's model, optimizer and strategy (strategy options from the experiment file)."""
+    from strategies.registry import create_strategy
+
+    model_opts = {k: v for k, v in trial["model"].items() if k != "name"}
+    model = build_model(trial["model"]["name"], stream.input_shape, stream.num_classes, **model_opts)
+    sopts = {k: v for k, v in trial["strategy"].items() if k != "name"}
+    optimizer = make_optimizer(model.parameters(), *(sopts.pop(k) for k in _OPTIMIZER_KEYS))
+    return create_strategy(trial["strategy"]["name"], model=model, optimizer=optimizer,
+                           criterion=torch.nn.CrossEntropyLoss(), evaluator=make_evaluator(),
+                           device=device, **sopts)
+
+
+def _avalanche_summary(results: dict) -> dict[str, float]:
+    """Avalanche's stream-level values (pooled accuracy, first-vs-last forgetting, BWT)."""
+    prefixes = {
+        "avl_stream_acc": "Top1_Acc_Stream/eval_phase/test_stream",
+        "avl_forgetting": "StreamForgetting/eval_phase/test_stream",
+        "avl_bwt": "StreamBWT/eval_phase/test_stream",
+    }
+    out = {}
+    for name, prefix in prefixes.items():
+        for key, value in results.items():
+            if key == prefix or key.startswith(prefix + "/"):
+                out[name] = float(value)
+    return out
+
+
+def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = None) -> TrialResult:
+    """Run one resolved trial (see :mod:`clmem.config`) and return its accuracy matrix."""
+    seed_everything(trial["seed"])
+    device = pick_device(trial["resources"]["gpu"])
+    bench_opts = {k: v for k, v in trial["benchmark"].items() if k != "name"}
+    stream = build_stream(trial["benchmark"]["name"], trial["seed"], **bench_opts)
+    strategy = build_strategy(trial, stream, device)
+    start = time.perf_counter()  # wall time: evaluation at init, training and evaluations
+    train_stream, test_stream = stream.benchmark.train_stream, stream.benchmark.test_stream
+    b, _ = evaluate_row(strategy, test_stream)
+    R: list[list[float]] = []
+    for i, experience in enumerate(train_stream):
+        t0 = time.perf_counter()
+        strategy.train(experience)
+        row, results = evaluate_row(strategy, test_stream)
+        R.append(row)
+        report = _step_report(i, len(train_stream), R, b, time.perf_counter() - t0, stream)
+        if i == len(train_stream) - 1:
+            summary = _summary(R, b, stream, time.perf_counter() - start)
+            avl = _avalanche_summary(results)
+            report.update(summary, **avl)
+        if on_experience is not None:
+            on_experience(i, report)
+    return TrialResult(R, b, summary, avl)
+
+
+def _step_report(i: int, total: int, R, b, seconds: float, stream: Stream) -> dict:
+    step = metrics.step_metrics(R, stream.higher_is_better)
+    report = {"experience": i, "experiences_total": total, "seen_acc": step["seen_acc"],
+              "stream_acc": step["stream_acc"], "forgetting_at_step": step["forgetting"],
+              "exp_time_s": seconds}
+    report.update({f"acc_exp_{j}": v for j, v in enumerate(R[-1])})
+    report["R"] = [list(r) for r in R]
+    report["b"] = list(b)
+    return report
+
+
+def _summary(R, b, stream: Stream, wall: float) -> dict[str, float]:
+    s = metrics.summarize(R, b, stream.higher_is_better)
+    return {"ACC": s.acc, "BWT": s.bwt, "FWT": s.fwt, "Forgetting": s.forgetting,
+            "AIA": s.avg_incremental_acc, "wall_time_s": wall}

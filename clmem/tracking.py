@@ -1,0 +1,170 @@
+"""The MLflow adapter: the only clmem module that imports mlflow.
+
+All writes go through one :class:`Tracker` in the driver process (Ray trials report to the
+driver, which logs), so parallel trials never write one SQLite file concurrently.
+
+Layout: a grid is a parent run (tag ``clmem.kind=grid``); each trial is a child run (tag
+``mlflow.parentRunId``) with flat dotted params, per-experience metrics (step = experience index),
+summary metrics, ``R.json`` and ``R.png`` artifacts and the resolved trial as ``trial.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from clmem.config import Experiment, flatten
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_NOT_METRICS = ("R", "b", "experience", "experiences_total")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """CLI/file URI, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``; SQLite paths made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if "://" not in uri:
+        return f"sqlite:///{Path(uri).resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+class Tracker:
+    """Creates and fills the MLflow runs of grids and trials through one ``MlflowClient``."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # ---- experiments and runs -------------------------------------------------------------
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        if not create:
+            return None
+        db = _sqlite_path(self.uri)
+        location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_parent(self, experiment: Experiment, kind: str = "grid", tags: dict | None = None) -> str:
+        """A parent run for ``experiment`` holding the experiment file and its grid axes."""
+        exp_id = self.experiment_id(experiment.name)
+        all_tags = {"clmem.kind": kind, "clmem.axes": json.dumps(experiment.axes),
+                    "clmem.num_trials": str(len(experiment.trials)),
+                    "clmem.source": str(experiment.source or ""), **(tags or {})}
+        run = self.client.create_run(exp_id, tags=all_tags, run_name=f"{experiment.name}-{kind}")
+        run_id = run.info.run_id
+        self.client.log_param(run_id, "num_trials", len(experiment.trials))
+        self._log_text(run_id, yaml.safe_dump(experiment.raw, sort_keys=False), "experiment.yaml")
+        return run_id
+
+    def start_trial(self, parent_id: str | None, experiment_name: str, trial: dict) -> str:
+        """A child run for one resolved trial, with its flat params and ``trial.yaml``."""
+        exp_id = self.experiment_id(experiment_name)
+        tags = {"clmem.kind": "trial", "clmem.trial_key": trial["key"],
+                "clmem.trial_index": str(trial["index"])}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        name = f"{trial['strategy']['name']}-s{trial['seed']}-t{trial['index']:03d}"
+        run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+        params = {k: v for k, v in flatten(trial).items() if k not in ("index", "key")}
+        self._log_params(run_id, params)
+        self._log_text(run_id, yaml.safe_dump(trial, sort_keys=False), "trial.yaml")
+        return run_id
+
+    def log_experience(self, run_id: str, report: dict) -> None:
+        """Per-experience metrics of one report (step = experience index)."""
+        from mlflow.entities import Metric
+
+        step, now = int(report["experience"]), int(time.time() * 1000)
+        items = [(k, v) for k, v in report.items() if k not in _NOT_METRICS and _is_number(v)]
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in items])
+
+    def finish_trial(self, run_id: str, report: dict | None, status: str = "FINISHED") -> None:
+        """Log R (JSON + heatmap) from the last report and end the run with ``status``."""
+        if report and "R" in report:
+            self._log_matrix(run_id, report["R"], report.get("b"))
+        self.client.set_terminated(run_id, status=status)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # ---- reading back ---------------------------------------------------------------------
+    def latest_parent(self, experiment_name: str, kind: str = "grid"):
+        exp_id = self.experiment_id(experiment_name, create=False)
+        if exp_id is None:
+            return None
+        runs = self.client.search_runs([exp_id], f"tags.`clmem.kind` = '{kind}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def children(self, parent_run) -> list:
+        exp_id = parent_run.info.experiment_id
+        flt = f"tags.`mlflow.parentRunId` = '{parent_run.info.run_id}'"
+        return self._search_all(exp_id, flt)
+
+    def _search_all(self, exp_id: str, flt: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([exp_id], flt, max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, "null" if v is None else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def _log_matrix(self, run_id: str, R, b) -> None:
+        from clmem.plots import accuracy_heatmap
+
+        with tempfile.TemporaryDirectory() as tmp:
+            json_path = Path(tmp) / "R.json"
+            json_path.write_text(json.dumps({"R": R, "b": b}, indent=1))
+            png_path = accuracy_heatmap(R, Path(tmp) / "R.png")
+            self.client.log_artifact(run_id, str(json_path))
+            self.client.log_artifact(run_id, str(png_path))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def params_of(run) -> dict[str, str]:
+    return dict(run.data.params)
+
+
+def metrics_of(run) -> dict[str, float]:
+    return dict(run.data.metrics)
+
+
+def parse_axes(parent_run) -> list[str]:
+    return json.loads(parent_run.data.tags.get("clmem.axes", "[]"))
+
+
+def runs_table(runs: Iterable) -> list[dict]:
+    """Each run as ``{params..., metrics...}`` (metrics hold the latest value of each key)."""
+    return [{"params": params_of(r), "metrics": metrics_of(r), "status": r.info.status} for r in runs]

@@ -1,0 +1,86 @@
+"""End to end through real Ray Tune and a real MLflow SQLite store in a temp dir."""
+import json
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from clmem.cli import main
+
+GRID = {
+    "name": "e2e",
+    "benchmark": {"name": "split_digits", "n_experiences": 5},
+    "model": {"name": "mlp", "hidden_size": 32, "num_layers": 1},
+    "strategy": {"name": ["naive", "replay"], "train_epochs": 1, "lr": 0.05,
+                 "replay": {"mem_size": 50}},
+    "seeds": [0, 1],
+    "resources": {"cpu": 1},
+}
+
+
+def children_of(client, parent):
+    return client.search_runs([parent.info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+@pytest.mark.slow
+def test_grid_on_ray_logs_parent_and_children(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "e2e.yaml"
+    file.write_text(yaml.safe_dump(GRID))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["grid", str(file), "--tracking-uri", uri, "--max-concurrent", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "trials done] trial" in out and "experience 5/5" in out
+    assert "clmem ui --tracking-uri" in out and "replay" in out and "naive" in out
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("clmem.kind") == "grid"]
+    assert len(parents) == 1 and len(runs) == 5
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert json.loads(parent.data.tags["clmem.axes"]) == ["strategy.name"]
+    assert "experiment.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    children = children_of(client, parent)
+    assert len(children) == 4
+    combos = sorted((c.data.params["strategy.name"], c.data.params["seed"]) for c in children)
+    assert combos == [("naive", "0"), ("naive", "1"), ("replay", "0"), ("replay", "1")]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        params = child.data.params
+        assert params["benchmark.name"] == "split_digits" and params["model.hidden_size"] == "32"
+        history = client.get_metric_history(child.info.run_id, "seen_acc")
+        assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
+        for key in ("ACC", "BWT", "FWT", "Forgetting", "wall_time_s", "acc_exp_4"):
+            assert key in child.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"R.json", "R.png", "trial.yaml"} <= artifacts
+        R = json.loads(open(client.download_artifacts(child.info.run_id, "R.json", str(tmp_path))).read())["R"]
+        assert len(R) == 5 and child.data.metrics["ACC"] == pytest.approx(sum(R[-1]) / 5)
+    by_strategy = {c.data.params["strategy.name"]: c.data.metrics["ACC"] for c in children}
+    assert by_strategy["replay"] > by_strategy["naive"]
+
+    assert main(["compare", "e2e", "--tracking-uri", uri, "--format", "md",
+                 "--output", str(tmp_path / "cmp.md")]) == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert table.startswith("| strategy | seeds | ACC | BWT | FWT | Forgetting | wall_time_s |")
+    assert table.index("| replay |") < table.index("| naive |")  # sorted by ACC, best first
+
+
+@pytest.mark.slow
+def test_run_command_tracks_one_trial_in_process(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    raw = dict(GRID, strategy={"name": "replay", "train_epochs": 1, "mem_size": 30},
+               benchmark={"name": "split_digits", "n_experiences": 2})
+    file = tmp_path / "one.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(file), "--trial", "1"]) == 0  # default store ./mlflow.db
+    assert "experience 2/2" in capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert len(runs) == 2
+    child = [r for r in runs if r.data.tags.get("clmem.kind") == "trial"][0]
+    assert child.data.params["seed"] == "1" and child.info.status == "FINISHED"
+    assert (tmp_path / "mlartifacts").is_dir()
