@@ -27,7 +27,6 @@ sequence may be stepped (a stale state raises). ``initial_state`` builds fresh b
 ``dense_memory_step`` is the dense reference (same maths over all N slots); with ``k_neighbours == memory_size``
 and an exact index the sparse reads equal the dense ones.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,79 +34,33 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_int, check_positive_float
-from .sparse_index import SlotIndex
+from ._validation import check_int
+from .cores import CoreConfig, CoreTrace, MemoryCore
+from .sparse_addressing import (
+    DenseMemoryState,
+    SparseInterface,
+    SparseMemoryConfig,
+    content_weights,
+    dense_initial_state,
+    dense_memory_step,
+    first_occurrence,
+    least_used,
+    lru_erase,
+    parse_interface,
+    per_slot_total,
+    sparse_write_weights,
+    weighted_read,
+    written_rows,
+)
+from .sparse_index import FAISS_MISSING, SlotIndex, normalise_rows
 
-
-@dataclass(frozen=True)
-class SparseMemoryConfig:
-    """Sparse memory hyper-parameters.
-
-    Attributes:
-        memory_size: N slots.  word_size: W.  num_reads: R.  num_writes: H.
-        k_neighbours: K slots read per head (``<= memory_size``).
-        usage_threshold: delta, weight above which an access refreshes a slot's last-access time.
-        nlist: inverted lists of the FAISS index; ``None`` = 1 (exact) when N <= 4096, else round(sqrt(N)).
-        nprobe: lists scanned per query when approximate.  index_seed: seed of the index's random centroids.
-        eps: added to norms in the cosine similarity.
-    """
-
-    memory_size: int
-    word_size: int
-    num_reads: int
-    num_writes: int = 1
-    k_neighbours: int = 4
-    usage_threshold: float = 0.005
-    nlist: Optional[int] = None
-    nprobe: int = 8
-    index_seed: int = 0
-    eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        name = "SparseMemoryConfig"
-        check_int(name, "memory_size", self.memory_size, 1)
-        check_int(name, "word_size", self.word_size, 1)
-        check_int(name, "num_reads", self.num_reads, 1)
-        check_int(name, "num_writes", self.num_writes, 1)
-        check_int(name, "k_neighbours", self.k_neighbours, 1)
-        check_positive_float(name, "usage_threshold", self.usage_threshold)
-        check_int(name, "nprobe", self.nprobe, 1)
-        check_int(name, "index_seed", self.index_seed, 0)
-        check_positive_float(name, "eps", self.eps)
-        if self.nlist is not None:
-            check_int(name, "nlist", self.nlist, 1)
-            if self.nlist > self.memory_size:
-                raise ValueError(f"{name}.nlist: expected <= memory_size ({self.memory_size}), got {self.nlist}")
-        if self.k_neighbours > self.memory_size:
-            raise ValueError(f"{name}.k_neighbours: expected <= memory_size ({self.memory_size}), "
-                             f"got {self.k_neighbours}")
-        if self.num_writes > self.memory_size:
-            raise ValueError(f"{name}.num_writes: expected <= memory_size ({self.memory_size}), got {self.num_writes}")
-
-    @property
-    def resolved_nlist(self) -> int:
-        """Number of inverted lists actually used (1 means exact k-NN)."""
-        if self.nlist is not None:
-            return self.nlist
-        return 1 if self.memory_size <= 4096 else max(1, round(self.memory_size ** 0.5))
-
-    @property
-    def interface_size(self) -> int:
-        """Size of the raw interface vector: R*W keys + R strengths + H*W vectors + H gates + H interpolations."""
-        return self.num_reads * (self.word_size + 1) + self.num_writes * (self.word_size + 2)
-
-
-class SparseInterface(NamedTuple):
-    """Controller emissions for one step (already squashed, see ``parse_interface``)."""
-
-    read_keys: Tensor  # [B, R, W]
-    read_strengths: Tensor  # [B, R], >= 1
-    write_vectors: Tensor  # [B, H, W]
-    write_gates: Tensor  # [B, H], alpha in (0, 1)
-    interpolation_gates: Tensor  # [B, H], gamma in (0, 1)
+__all__ = [
+    "SparseMemoryConfig", "SparseInterface", "SparseStore", "SparseMemoryState", "SparseMemory",
+    "SparseDNCCoreConfig", "SparseDNCCore", "DenseMemoryState", "dense_initial_state", "dense_memory_step",
+    "parse_interface", "FAISS_MISSING",
+]
 
 
 class SparseStore:
@@ -127,6 +80,18 @@ class SparseStore:
         self.indexes = indexes
         self.version = 0
 
+    def recycled(self) -> "SparseStore":
+        """A store for a new all-zero sequence reusing these buffers: zeroes the changed rows only; retires ``self``
+        (its states become stale)."""
+        self.version = -1
+        for b, index in enumerate(self.indexes):
+            self.memory[b, torch.from_numpy(index.dirty_ids()).to(self.memory.device)] = 0.0
+            index.clear()
+        store = SparseStore.__new__(SparseStore)
+        store.memory, store.usage, store.last_writer = self.memory, self.usage.zero_(), self.last_writer.fill_(-1)
+        store.base, store.indexes, store.version = None, self.indexes, 0
+        return store
+
 
 class SparseMemoryState(NamedTuple):
     """State after a step; ``read_*`` are the sparse read weights over ``read_indices``."""
@@ -140,122 +105,6 @@ class SparseMemoryState(NamedTuple):
     write_indices: Tensor  # [B, J] long
     time: int
     version: int
-
-
-# ----------------------------------------------------------------------------------------------- pure maths
-def oneplus(x: Tensor) -> Tensor:
-    """``1 + softplus(x)``: strengths in [1, inf)."""
-    return 1.0 + F.softplus(x)
-
-
-def parse_interface(vector: Tensor, config: SparseMemoryConfig) -> SparseInterface:
-    """Split and squash a raw interface ``[B, interface_size]`` into a ``SparseInterface``."""
-    r, h, w = config.num_reads, config.num_writes, config.word_size
-    keys, strengths, vectors, gates, interp = torch.split(vector, [r * w, r, h * w, h, h], dim=-1)
-    return SparseInterface(keys.unflatten(-1, (r, w)), oneplus(strengths), vectors.unflatten(-1, (h, w)),
-                           torch.sigmoid(gates), torch.sigmoid(interp))
-
-
-def cosine_similarity(keys: Tensor, rows: Tensor, eps: float) -> Tensor:
-    """``keys [..., W]``, ``rows [..., M, W]`` -> ``[..., M]`` cosine similarities."""
-    dots = torch.einsum("...w,...mw->...m", keys, rows)
-    norms = keys.norm(dim=-1, keepdim=True) * rows.norm(dim=-1)
-    return dots / (norms + eps)
-
-
-def content_weights(keys: Tensor, rows: Tensor, strengths: Tensor, eps: float,
-                    valid: Optional[Tensor] = None) -> Tensor:
-    """``softmax_M(beta * cos(k, row))``: ``keys [B,R,W]``, ``rows [B,R,M,W]``, ``strengths [B,R]`` -> ``[B,R,M]``.
-
-    ``valid [B, R, M]`` (bool) masks out rows (weight exactly 0).
-    """
-    scores = strengths.unsqueeze(-1) * cosine_similarity(keys, rows, eps)
-    if valid is not None:
-        scores = scores.masked_fill(~valid, float("-inf"))
-    return torch.softmax(scores, dim=-1)
-
-
-def weighted_read(weights: Tensor, rows: Tensor) -> Tensor:
-    """``weights [B, R, M]``, ``rows [B, R, M, W]`` -> read words ``[B, R, W]``."""
-    return torch.einsum("brm,brmw->brw", weights, rows)
-
-
-def least_used(usage: Tensor, count: int) -> Tensor:
-    """``usage [B, N]`` (last access times) -> ``[B, count]`` least recently used slots, ties to the lowest index."""
-    slots = usage.shape[-1]
-    order = usage * slots + torch.arange(slots, device=usage.device)
-    return torch.topk(order, count, dim=-1, largest=False).indices
-
-
-def sparse_write_weights(prev_read_weights: Tensor, write_gates: Tensor, interpolation_gates: Tensor) -> Tensor:
-    """``w^W`` over the J = R*K + H entries ``[prev read slots..., LRU_1..LRU_H]``: ``[B, R, K]``, ``[B, H]``, ``[B, H]``
-    -> ``[B, H, J]``; entry ``R*K + h`` is head h's own least-used slot."""
-    batch, reads, _ = prev_read_weights.shape
-    heads = write_gates.shape[-1]
-    previous = prev_read_weights.reshape(batch, 1, -1) / reads  # mean over read heads, once summed per slot
-    previous = (write_gates * interpolation_gates).unsqueeze(-1) * previous
-    lru = torch.diag_embed(write_gates * (1.0 - interpolation_gates))  # [B, H, H]
-    return torch.cat([previous, lru], dim=-1)
-
-
-def lru_erase(write_weights: Tensor, heads: int) -> Tensor:
-    """Erase amount per entry ``[B, J]``: head h's weight on its own LRU entry, 0 on previously read entries."""
-    lru_part = torch.diagonal(write_weights[..., -heads:], dim1=-2, dim2=-1)  # [B, H]
-    return torch.cat([torch.zeros_like(write_weights[:, 0, :-heads]), lru_part], dim=-1)
-
-
-def duplicate_matrix(indices: Tensor) -> Tensor:
-    """``indices [B, J]`` -> ``[B, J, J]`` with 1 where two entries name the same slot."""
-    return (indices.unsqueeze(-1) == indices.unsqueeze(-2)).long()
-
-
-def first_occurrence(indices: Tensor) -> Tensor:
-    """``indices [B, J]`` -> ``[B, J]`` position of the first entry naming the same slot."""
-    return torch.argmax(duplicate_matrix(indices), dim=-1)  # argmax returns the first maximal position
-
-
-def per_slot_total(indices: Tensor, values: Tensor) -> Tensor:
-    """Sum ``values [B, H, J]`` over the entries of ``indices [B, J]`` naming the same slot -> ``[B, H, J]``."""
-    return torch.einsum("bhj,bjk->bhk", values, duplicate_matrix(indices).to(values.dtype))
-
-
-def written_rows(old_rows: Tensor, write_weights: Tensor, erase: Tensor, write_vectors: Tensor) -> Tensor:
-    """``(1 - e) * old + sum_h w^W_h a_h``: ``old [B,J,W]``, ``w^W [B,H,J]`` (per slot), ``e [B,J]``, ``a [B,H,W]``."""
-    return (1.0 - erase).unsqueeze(-1) * old_rows + torch.einsum("bhj,bhw->bjw", write_weights, write_vectors)
-
-
-# --------------------------------------------------------------------------------------- dense reference
-class DenseMemoryState(NamedTuple):
-    """State of the dense reference: ``memory [B,N,W]``, ``usage [B,N]`` (long), ``read_weights [B,R,N]``."""
-
-    memory: Tensor
-    usage: Tensor
-    read_weights: Tensor
-    time: int
-
-
-def dense_initial_state(memory: Tensor, num_reads: int) -> DenseMemoryState:
-    """Dense reference state for an initial ``memory [B, N, W]``."""
-    batch, slots, _ = memory.shape
-    usage = torch.zeros(batch, slots, dtype=torch.long, device=memory.device)
-    weights = memory.new_zeros(batch, num_reads, slots)
-    return DenseMemoryState(memory, usage, weights, 0)
-
-
-def dense_memory_step(interface: SparseInterface, state: DenseMemoryState,
-                      config: SparseMemoryConfig) -> Tuple[Tensor, DenseMemoryState]:
-    """Dense reference of ``SparseMemory.step`` (all N slots touched): -> ``(read_words [B,R,W], next_state)``."""
-    time, heads = state.time + 1, config.num_writes
-    lru = F.one_hot(least_used(state.usage, heads), state.memory.shape[1]).to(state.memory.dtype)  # [B,H,N]
-    alpha, gamma = interface.write_gates.unsqueeze(-1), interface.interpolation_gates.unsqueeze(-1)
-    write = alpha * (gamma * state.read_weights.mean(1, keepdim=True) + (1.0 - gamma) * lru)  # [B, H, N]
-    erase = (alpha * (1.0 - gamma) * lru).sum(1).clamp(max=1.0)  # [B, N]
-    memory = written_rows(state.memory, write, erase, interface.write_vectors)
-    usage = torch.where(write.amax(1) > config.usage_threshold, time, state.usage)
-    rows = memory.unsqueeze(1).expand(-1, config.num_reads, -1, -1)
-    weights = content_weights(interface.read_keys, rows, interface.read_strengths, config.eps)
-    usage = torch.where(weights.amax(1) > config.usage_threshold, time, usage)
-    return weighted_read(weights, rows), DenseMemoryState(memory, usage, weights, time)
 
 
 # ------------------------------------------------------------------------------------------ sparse memory
@@ -289,10 +138,23 @@ class SparseMemory(nn.Module):
         super().__init__()
         self.config = config
 
-    def _new_index(self, rows: np.ndarray) -> SlotIndex:
+    @property
+    def interface_size(self) -> int:
+        """Size of the raw interface vector expected by ``parse_interface``."""
+        return self.config.interface_size
+
+    def parse_interface(self, vector: Tensor) -> SparseInterface:
+        """Raw ``[B, interface_size]`` -> squashed ``SparseInterface``."""
+        if vector.dim() != 2 or vector.shape[-1] != self.interface_size:
+            raise ValueError(f"SparseMemory.parse_interface: expected a [B, {self.interface_size}] tensor, "
+                             f"got {tuple(vector.shape)}")
+        return parse_interface(vector, self.config)
+
+    def _new_index(self, rows: Optional[np.ndarray]) -> SlotIndex:
+        """A ``SlotIndex`` over ``rows [N, W]`` (None: an all-zero memory)."""
         cfg = self.config
         index = SlotIndex(cfg.word_size, cfg.resolved_nlist, cfg.nprobe, cfg.index_seed)
-        index.build(rows)
+        index.build(rows, size=cfg.memory_size)
         return index
 
     def initial_state(self, batch_size: int, device: Optional[torch.device] = None,
@@ -302,13 +164,14 @@ class SparseMemory(nn.Module):
         check_int("SparseMemory.initial_state", "batch_size", batch_size, 1)
         shape = (batch_size, cfg.memory_size, cfg.word_size)
         if memory is None:
-            memory = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
+            store = self._zero_store(shape, device, dtype or torch.get_default_dtype())
         elif tuple(memory.shape) != shape:
             raise ValueError(f"SparseMemory.initial_state.memory: expected shape {shape}, got {tuple(memory.shape)}")
-        base = memory if memory.requires_grad else None
-        buffer = memory.detach().clone()
-        rows = buffer.to(torch.float32).cpu().numpy()
-        store = SparseStore(buffer, [self._new_index(rows[b]) for b in range(batch_size)], base)
+        else:
+            buffer, base = memory.detach().clone(), (memory if memory.requires_grad else None)
+            rows = buffer.to(torch.float32).cpu().numpy()
+            store = SparseStore(buffer, [self._new_index(rows[b]) for b in range(batch_size)], base)
+        buffer = store.memory
         r, k, h = cfg.num_reads, cfg.k_neighbours, cfg.num_writes
         read_indices = torch.arange(k, device=buffer.device).expand(batch_size, r, k)
         write_indices = torch.cat([read_indices.reshape(batch_size, -1),
@@ -318,11 +181,26 @@ class SparseMemory(nn.Module):
             read_weights=buffer.new_zeros(batch_size, r, k), read_indices=read_indices.clone(),
             write_weights=buffer.new_zeros(batch_size, h, r * k + h), write_indices=write_indices, time=0, version=0)
 
+    def _zero_store(self, shape: Tuple[int, int, int], device: Optional[torch.device],
+                    dtype: torch.dtype) -> SparseStore:
+        """Store of an all-zero memory: fresh, or the previous one recycled (``config.recycle_buffers``)."""
+        previous = getattr(self, "_previous_store", None)
+        memory = None if previous is None else previous.memory
+        if (memory is not None and tuple(memory.shape) == shape and memory.dtype == dtype
+                and memory.device == torch.empty(0, device=device).device):
+            store = previous.recycled()
+        else:
+            buffer = torch.zeros(shape, device=device, dtype=dtype)
+            store = SparseStore(buffer, [self._new_index(None) for _ in range(shape[0])], None)
+        if self.config.recycle_buffers:
+            self._previous_store = store
+        return store
+
     @staticmethod
     def _check_current(state: SparseMemoryState) -> None:
         if state.version != state.store.version:
-            raise RuntimeError("SparseMemory: stale state (its buffers were advanced by a later step/detach); "
-                               "sparse memory states are linear, step only the latest one")
+            raise RuntimeError("SparseMemory: stale state (its buffers were advanced by a later step/detach, or "
+                               "recycled by initial_state); sparse memory states are linear, step only the latest one")
 
     def _write(self, interface: SparseInterface, state: SparseMemoryState, time: int) -> Tuple[Tensor, Tensor, Tensor]:
         """Write step -> ``(pool, write_weights [B,H,J], write_indices [B,J])``; updates store and index."""
@@ -347,10 +225,11 @@ class SparseMemory(nn.Module):
         batch = _batch_index(slots)
         store.memory[batch, slots] = rows
         store.last_writer[batch, slots] = positions
-        slots_np, rows_np = slots.cpu().numpy(), rows.to(torch.float32).cpu().numpy()
+        slots_np = slots.cpu().numpy()
+        unit_rows = normalise_rows(rows.reshape(-1, rows.shape[-1]).cpu().numpy()).reshape(rows.shape)
         for b, index in enumerate(store.indexes):
             unique, first = np.unique(slots_np[b], return_index=True)
-            index.update(unique, rows_np[b, first])
+            index.update(unique, unit_rows[b, first], normalised=True)
 
     def _knn(self, keys: Tensor, store: SparseStore) -> Tuple[Tensor, Tensor]:
         """NON-DIFFERENTIABLE: FAISS k-NN of ``keys [B, R, W]`` -> ``(slots [B, R, K] long, valid [B, R, K] bool)``."""
@@ -403,3 +282,55 @@ class SparseMemory(nn.Module):
         dense = state.write_weights.new_zeros(*state.write_weights.shape[:2], slots)
         index = state.write_indices.unsqueeze(1).expand_as(state.write_weights)
         return dense.scatter_reduce(-1, index, state.write_weights, reduce="amax", include_self=True)
+
+
+# ------------------------------------------------------------------------------------------------- core
+@dataclass(frozen=True)
+class SparseDNCCoreConfig(CoreConfig):
+    """``SparseDNCCore`` hyper-parameters: the shared core fields plus the sparse memory's (see
+    ``SparseMemoryConfig``)."""
+
+    k_neighbours: int = 4
+    usage_threshold: float = 0.005
+    nlist: Optional[int] = None
+    nprobe: int = 8
+    index_seed: int = 0
+    recycle_buffers: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            self.memory_config()
+        except ValueError as exc:  # re-raise under this class's name, still one line naming the field
+            raise ValueError(str(exc).replace("SparseMemoryConfig.", f"{type(self).__name__}.", 1)) from None
+
+    def memory_config(self) -> SparseMemoryConfig:
+        return SparseMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes,
+                                  self.k_neighbours, self.usage_threshold, self.nlist, self.nprobe, self.index_seed,
+                                  recycle_buffers=self.recycle_buffers)
+
+
+class SparseDNCCore(MemoryCore):
+    """Controller + sparse access memory (SAM). Same API as ``DNCCore``: ``initial_state``, ``step``,
+    batch-first ``forward(x, state=None, return_trace=False)``, ``detach_state``.
+
+    The trace holds the sparse read/write weights scattered to ``[B, T, R, N]`` / ``[B, T, H, N]``; ``usage`` is
+    ``None`` (it lives in the in-place store). The state is linear (see ``SparseMemory``).
+    """
+
+    config_class = SparseDNCCoreConfig
+    memory_class = SparseMemory
+
+    @staticmethod
+    def _trace(memory_states: list) -> CoreTrace:
+        return CoreTrace(
+            read_weights=torch.stack([SparseMemory.dense_read_weights(s) for s in memory_states], dim=1),
+            write_weights=torch.stack([SparseMemory.dense_write_weights(s) for s in memory_states], dim=1),
+            usage=None,
+        )
+
+    @staticmethod
+    def detach_state(state):  # type: ignore[override]
+        """Detach for truncated BPTT (the memory state's pool is emptied; see ``SparseMemory.detach_state``)."""
+        memory_state = SparseMemory.detach_state(state.memory_state)
+        return type(state)(MemoryCore.detach_state(state.controller_state), memory_state, state.read_words.detach())

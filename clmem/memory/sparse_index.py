@@ -19,7 +19,8 @@ Design (Rae et al. 2016 use an approximate index updated as rows change, never r
 
 from __future__ import annotations
 
-from typing import Any
+from functools import lru_cache
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -33,6 +34,18 @@ def import_faiss() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised only without faiss
         raise ImportError(FAISS_MISSING) from exc
     return faiss
+
+
+def swig(array: np.ndarray) -> Any:
+    """Raw pointer to a C-contiguous numpy array, for FAISS calls without a numpy wrapper (``add_core``)."""
+    return import_faiss().swig_ptr(array)
+
+
+@lru_cache(maxsize=8)
+def _zero_rows(size: int, dim: int, nlist: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cached ``(ids [N], zero rows [N, W], round-robin lists [N])`` for building an index of an all-zero memory."""
+    ids = np.arange(size, dtype=np.int64)
+    return ids, np.zeros((size, dim), dtype=np.float32), ids % nlist
 
 
 def normalise_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -72,24 +85,42 @@ class SlotIndex:
         self._index = index
         self.n_builds = 0
         self.n_updated_rows = 0
+        self._dirty: Optional[np.ndarray] = None  # [N] bool, rows changed since the last build/clear
 
     @property
     def ntotal(self) -> int:
         """Number of rows held by the index (N once built)."""
         return int(self._index.ntotal)
 
-    def build(self, rows: np.ndarray) -> None:
-        """(Re)fill the index with all rows ``[N, W]``; called once per sequence, never per step."""
+    def build(self, rows: Optional[np.ndarray] = None, size: Optional[int] = None) -> None:
+        """(Re)fill the index with all rows ``[N, W]`` (or ``size`` all-zero rows); once per sequence, never per step."""
         self._index.reset()
-        self._add(np.arange(rows.shape[0], dtype=np.int64), normalise_rows(rows))
+        if rows is None:
+            ids, unit_rows, lists = _zero_rows(size, self.dim, self._centroids.shape[0])
+            self._index.add_core(size, swig(unit_rows), swig(ids), swig(lists))
+        else:
+            self._add(np.arange(rows.shape[0], dtype=np.int64), normalise_rows(rows))
         self.n_builds += 1
+        self._dirty = np.zeros(self.ntotal, dtype=bool)
 
-    def update(self, ids: np.ndarray, rows: np.ndarray) -> None:
+    def dirty_ids(self) -> np.ndarray:
+        """Slots ``[n]`` updated since the last ``build``/``clear``."""
+        return np.flatnonzero(self._dirty)
+
+    def clear(self) -> None:
+        """Reset the updated rows to zero in O(updated rows): the index then equals a fresh all-zero build."""
+        ids = self.dirty_ids()
+        if ids.size:
+            self.update(ids, np.zeros((ids.size, self.dim), dtype=np.float32), normalised=True)
+        self._dirty[:] = False
+
+    def update(self, ids: np.ndarray, rows: np.ndarray, normalised: bool = False) -> None:
         """Replace the rows of slots ``ids [n]`` (distinct) by ``rows [n, W]``: remove + re-add, O(n)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        self._index.remove_ids(self._faiss.IDSelectorArray(ids.size, self._faiss.swig_ptr(ids)))
-        self._add(ids, normalise_rows(rows))
+        self._index.remove_ids(self._faiss.IDSelectorArray(ids.size, swig(ids)))
+        self._add(ids, np.ascontiguousarray(rows, dtype=np.float32) if normalised else normalise_rows(rows))
         self.n_updated_rows += int(ids.size)
+        self._dirty[ids] = True
 
     def _assign(self, ids: np.ndarray, unit_rows: np.ndarray) -> np.ndarray:
         """Inverted list of each row ``[n]``: nearest centroid, or ``id % nlist`` for an all-zero row."""
@@ -104,9 +135,8 @@ class SlotIndex:
 
     def _add(self, ids: np.ndarray, unit_rows: np.ndarray) -> None:
         """Insert unit rows ``[n, W]`` with ids ``[n]`` into their inverted lists (no FAISS re-quantisation)."""
-        ptr = self._faiss.swig_ptr
         lists = self._assign(ids, unit_rows)
-        self._index.add_core(ids.shape[0], ptr(unit_rows), ptr(ids), ptr(lists))
+        self._index.add_core(ids.shape[0], swig(unit_rows), swig(ids), swig(lists))
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Ids ``[q, k]`` of the k rows with the largest cosine similarity to ``queries [q, W]``.

@@ -123,6 +123,27 @@ def test_stale_state_and_detach():
     assert not torch.equal(before, detached.store.memory)
 
 
+def test_recycled_buffers_restart_from_zero_memory():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, k_neighbours=K, recycle_buffers=True)
+    memory = SparseMemory(cfg)
+    interfaces = _interfaces(cfg, steps=3, seed=12)
+    reads_per_run, finals = [], []
+    for _ in range(2):
+        state = memory.initial_state(B, dtype=torch.float64)
+        assert torch.all(state.store.memory == 0) and torch.all(state.store.usage == 0)
+        reads = []
+        for interface in interfaces:
+            read, state = memory.step(interface, state)
+            reads.append(read)
+        reads_per_run.append(torch.stack(reads))
+        finals.append(state)
+    assert finals[0].store.indexes is finals[1].store.indexes  # recycled, not rebuilt
+    assert all(index.n_builds == 1 and index.ntotal == N for index in finals[1].store.indexes)
+    torch.testing.assert_close(reads_per_run[0], reads_per_run[1])
+    with pytest.raises(RuntimeError, match="stale state"):
+        memory.step(interfaces[0], finals[0])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -133,6 +154,7 @@ def test_stale_state_and_detach():
         ({"usage_threshold": 0.0}, "usage_threshold"),
         ({"nlist": N + 1}, "nlist"),
         ({"num_writes": True}, "num_writes"),
+        ({"recycle_buffers": 1}, "recycle_buffers"),
     ],
 )
 def test_config_validation(kwargs, field):
@@ -153,3 +175,49 @@ def test_approximate_index_for_large_memory():
     assert state.store.indexes[0].ntotal == 5000
     assert state.read_indices.shape == (1, R, K)
     assert torch.all(state.read_indices >= 0) and torch.all(state.read_indices < 5000)
+
+
+def _core(**kwargs):
+    from clmem.memory.sparse import SparseDNCCore
+
+    torch.manual_seed(13)
+    args = dict(input_size=3, output_size=2, hidden_size=5, memory_size=N, word_size=W, num_reads=R,
+                k_neighbours=K)
+    return SparseDNCCore(**{**args, **kwargs})
+
+
+def test_sparse_dnc_core_gradcheck_one_step():
+    core = _core().double()
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(B, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    m0 = torch.randn(B, N, W, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def one_step(x_t, memory0):
+        state = core.initial_state(B, dtype=torch.float64)
+        state = state._replace(memory_state=core.memory.initial_state(B, memory=memory0))
+        y, _ = core.step(x_t, state)
+        return y
+
+    assert torch.autograd.gradcheck(one_step, (x, m0), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_sparse_dnc_core_forward_trace_and_detach():
+    core = _core(controller="feedforward")
+    x = torch.randn(B, 4, 3, generator=torch.Generator().manual_seed(15))
+    y, state, trace = core(x, return_trace=True)
+    assert y.shape == (B, 4, 2)
+    assert trace.read_weights.shape == (B, 4, R, N) and trace.write_weights.shape == (B, 4, 1, N)
+    assert torch.all(trace.read_weights.sum(-1) <= 1 + 1e-6)
+    y.square().sum().backward()
+    assert all(p.grad is not None for p in core.parameters())
+    detached = core.detach_state(state)
+    assert not detached.read_words.requires_grad and detached.memory_state.pool.shape[0] == 0
+    y2, _ = core(x, detached)
+    assert y2.shape == (B, 4, 2)
+
+
+def test_sparse_dnc_core_config_validation():
+    from clmem.memory.sparse import SparseDNCCoreConfig
+
+    with pytest.raises(ValueError, match=r"^SparseDNCCoreConfig\.k_neighbours: "):
+        SparseDNCCoreConfig(input_size=3, output_size=2, memory_size=N, word_size=W, num_reads=R, k_neighbours=N + 1)
