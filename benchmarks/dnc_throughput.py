@@ -1,0 +1,133 @@
+"""Training throughput of clmem's ``DNCCore`` vs pytorch-dnc (PyPI ``dnc==1.1.0``), same config, same run.
+
+Copy task: input 10, LSTM controller 64, W = 32, R = 4 read heads, 1 write head, batch 16, length 20 (42 time
+steps), N in {64, 256, 1024}. Measured: sequences per second for forward + backward + Adam step (data generation
+excluded, 1 warm-up iteration), and peak resident memory (see ``_harness``). Every (implementation, N) runs in its
+own process; the peer runs with ``benchmarks/.peer-venv/bin/python`` (created by ``--setup-peer``: a venv that sees
+the main venv's packages through a ``.pth`` file, then ``pip install dnc==1.1.0``, which then finds torch already
+installed and does not touch it).
+
+pytorch-dnc is configured as ``DNC(10, 64, rnn_type='lstm', num_layers=1, num_hidden_layers=1, nr_cells=N,
+cell_size=32, read_heads=4, batch_first=True, gpu_id=-1)`` (its default is a 2-layer LSTM; we use one layer like
+clmem) with fresh memory per batch (``reset_experience=True``). Its output layer maps back to the input size (10),
+so clmem's core uses ``output_size=10`` too.
+
+Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--only clmem|peer]``
+writes ``benchmarks/results/dnc_throughput.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PEER_VENV = HERE / ".peer-venv"
+PEER_PYTHON = PEER_VENV / "bin" / "python"
+HIDDEN, WORD, READS = 64, 32, 4
+
+
+def build_clmem(spec: Dict[str, Any]) -> Callable[[], Any]:
+    from clmem.memory.cores import DNCCore
+
+    def build():
+        model = DNCCore(input_size=H.INPUT_SIZE, output_size=H.INPUT_SIZE, hidden_size=HIDDEN, controller="lstm",
+                        memory_size=spec["N"], word_size=WORD, num_reads=READS, num_writes=1)
+        return model, lambda x: model(x)[0]
+
+    return build
+
+
+def build_peer(spec: Dict[str, Any]) -> Callable[[], Any]:
+    from dnc import DNC
+
+    def build():
+        model = DNC(H.INPUT_SIZE, HIDDEN, rnn_type="lstm", num_layers=1, num_hidden_layers=1, nr_cells=spec["N"],
+                    cell_size=WORD, read_heads=READS, batch_first=True, gpu_id=-1)
+        return model, lambda x: model(x, (None, None, None), reset_experience=True)[0]
+
+    return build
+
+
+def build_for(spec: Dict[str, Any]) -> Callable[[], Any]:
+    return build_clmem(spec) if spec["impl"] == "clmem" else build_peer(spec)
+
+
+def setup_peer() -> None:
+    """Create ``benchmarks/.peer-venv`` seeing the main venv's packages, and install ``dnc==1.1.0`` there."""
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    site = next((PEER_VENV / "lib").glob("python3*/site-packages"))
+    main_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
+    (site / "_clmem_main_venv.pth").write_text(main_site + "\n")
+    subprocess.run([str(PEER_PYTHON), "-m", "pip", "install", "dnc==1.1.0"], check=True)
+    subprocess.run([str(PEER_PYTHON), "-c", "import torch, dnc; print('peer ok, torch', torch.__version__)"],
+                   check=True)
+
+
+def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """One spec per (N, implementation); the peer at N >= 1024 gets a fixed small number of iterations."""
+    specs = []
+    for n in args.sizes:
+        for impl in ("clmem", "peer"):
+            if args.only and impl != args.only:
+                continue
+            slow = impl == "peer" and n >= 1024
+            iters = (1, 1) if args.quick else ((2, 2) if slow else (3, 20))
+            specs.append({"impl": impl, "N": n, "threads": args.threads, "min_iters": iters[0],
+                          "max_iters": iters[1], "budget_s": 5.0 if args.quick else 30.0})
+    return specs
+
+
+def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
+    by = {(r["impl"], r["N"]): r for r in records}
+    lines = ["# DNC training throughput: clmem `DNCCore` vs pytorch-dnc 1.1.0", "",
+             f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, length {H.LENGTH} "
+             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per row. "
+             "Peak memory = peak RSS minus RSS after imports (MiB).", "",
+             "| N | clmem seq/s | peer seq/s | speed ratio clmem/peer | clmem peak MiB | peer peak MiB "
+             "| memory ratio clmem/peer | iterations (clmem, peer) |", "|---|---|---|---|---|---|---|---|"]
+    for n in args.sizes:
+        c, p = by.get(("clmem", n), {}), by.get(("peer", n), {})
+        cs, ps = c.get("sequences_per_second"), p.get("sequences_per_second")
+        cm, pm = c.get("peak_minus_baseline_mib"), p.get("peak_minus_baseline_mib")
+        ratio = None if cs is None or ps is None else cs / ps
+        mratio = None if cm is None or pm is None or pm <= 0 else cm / pm
+        lines.append(f"| {n} | {H.fmt(cs)} | {H.fmt(ps)} | {H.fmt(ratio)} | {H.fmt(cm, 0)} | {H.fmt(pm, 0)} "
+                     f"| {H.fmt(mratio)} | {c.get('iterations', c.get('error', '—'))}, "
+                     f"{p.get('iterations', p.get('error', '—'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if H.child_main(build_for):
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one timed iteration per configuration (smoke run)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--only", choices=["clmem", "peer"], default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--setup-peer", action="store_true", help="create benchmarks/.peer-venv and exit")
+    args = parser.parse_args()
+    if args.setup_peer:
+        setup_peer()
+        return
+    records = []
+    for spec in plan(args):
+        python = str(PEER_PYTHON) if spec["impl"] == "peer" else sys.executable
+        if spec["impl"] == "peer" and not PEER_PYTHON.exists():
+            record = {**spec, "error": "no benchmarks/.peer-venv: run with --setup-peer first"}
+        else:
+            record = H.run_child(python, __file__, spec, timeout_s=300)
+        print(record, flush=True)
+        records.append(record)
+    H.write_results("dnc_throughput", {"environment": H.environment(), "records": records}, markdown(records, args))
+
+
+if __name__ == "__main__":
+    main()
