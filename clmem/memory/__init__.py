@@ -20,6 +20,7 @@ from .addressing import (
     read_memory,
     read_weights,
     sharpen,
+    temporal_link_step,
     update_link,
     update_precedence,
     update_usage,
@@ -47,7 +48,7 @@ from .ntm import NTMHeadParams, NTMInterface, NTMMemory, NTMMemoryConfig, NTMSta
 __all__ = [
     "addressing", "EPSILON", "allocation_weights", "circular_shift", "content_weights", "cosine_similarity",
     "directional_read_weights", "erase_and_write", "interpolate", "least_used_weights", "lrua_usage",
-    "lrua_write_weights", "oneplus", "read_memory", "read_weights", "sharpen", "update_link",
+    "lrua_write_weights", "oneplus", "read_memory", "read_weights", "sharpen", "temporal_link_step", "update_link",
     "update_precedence", "update_usage", "write_allocation_weights", "write_weights",
     "Controller", "ControllerConfig", "ControllerState",
     "CoreConfig", "CoreState", "CoreTrace", "MemoryCore", "detach_state",

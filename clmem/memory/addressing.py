@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .linkage import directional_read_weights, update_link, update_precedence
+from .linkage import directional_read_weights, temporal_link_step, update_link, update_precedence
 
 EPSILON = 1e-6
 
@@ -37,6 +37,7 @@ __all__ = [
     "update_link",
     "update_precedence",
     "directional_read_weights",
+    "temporal_link_step",
     "read_weights",
     "least_used_weights",
     "lrua_write_weights",

@@ -123,13 +123,6 @@ class DNCMemory(nn.Module):
         )
         return addr.write_weights(content, allocation, interface.allocation_gates, interface.write_gates)
 
-    def _next_read_weights(self, interface: DNCInterface, memory: Tensor, prev_read_weights: Tensor,
-                           link: Tensor) -> Tensor:
-        """Read weights ``[B, R, N]`` mixing content, forward and backward modes."""
-        content = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
-        forward = addr.directional_read_weights(link, prev_read_weights, forward=True)
-        backward = addr.directional_read_weights(link, prev_read_weights, forward=False)
-        return addr.read_weights(content, forward, backward, interface.read_modes)
 
     def step(self, interface: DNCInterface, prev_state: DNCState) -> Tuple[Tensor, DNCState]:
         """One memory step: ``(read_words [B, R, W], next_state)``."""
@@ -140,9 +133,12 @@ class DNCMemory(nn.Module):
         memory = addr.erase_and_write(
             prev_state.memory, write_weights, interface.erase_vectors, interface.write_vectors
         )
-        link = addr.update_link(prev_state.link, prev_state.precedence, write_weights)
+        link, forward, backward = addr.temporal_link_step(
+            prev_state.link, prev_state.precedence, write_weights, prev_state.read_weights
+        )
         precedence = addr.update_precedence(prev_state.precedence, write_weights)
-        read_weights = self._next_read_weights(interface, memory, prev_state.read_weights, link)
+        content = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
+        read_weights = addr.read_weights(content, forward, backward, interface.read_modes)
         next_state = DNCState(memory, read_weights, write_weights, usage, link, precedence)
         return addr.read_memory(memory, read_weights), next_state
 

@@ -1,16 +1,20 @@
 """DNC temporal link matrix, precedence and directional reads (Graves et al. 2016; DeepMind ``TemporalLinkage``).
 
-The link update is the memory hot spot (``[B, H, N, N]``), so it is a custom autograd function that saves only
-its inputs (``prev_link`` is the previous step's output and is alive anyway) and allocates a single
-``[B, H, N, N]`` tensor in the forward pass and two in the backward pass.
+The link matrix ``[B, H, N, N]`` is the memory and time hot spot, so besides the plain primitives
+(``update_link``, ``directional_read_weights``) there is a fused ``temporal_link_step`` used by ``DNCMemory``.
+Both are custom autograd functions that save only their inputs (``prev_link`` is the previous step's output and
+is alive anyway) plus, for the fused one, its output link. The forward pass allocates one ``[B, H, N, N]``
+tensor; the backward pass allocates one more and works in place / in small chunks otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+_CHUNK_ELEMENTS = 1 << 21  # temporaries in the backward pass stay below ~8 MiB (float32)
 
 
 def _zero_diagonal_(x: Tensor) -> Tensor:
@@ -19,39 +23,101 @@ def _zero_diagonal_(x: Tensor) -> Tensor:
     return x
 
 
+def _chunks(num_matrices: int, matrix_elements: int) -> Iterator[slice]:
+    """Slices over the flattened ``B*H`` matrices so that each chunk has about ``_CHUNK_ELEMENTS`` elements."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, matrix_elements))
+    for start in range(0, num_matrices, step):
+        yield slice(start, min(start + step, num_matrices))
+
+
+def _link_forward(prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
+    """``(1 - w_i - w_j) L'_ij + w_i p_j`` with a zero diagonal; one ``[B, H, N, N]`` allocation."""
+    w_i, w_j = write_weights.unsqueeze(-1), write_weights.unsqueeze(-2)
+    link = prev_link * (1.0 - w_i)
+    link.addcmul_(prev_link, w_j, value=-1.0)
+    link.addcmul_(w_i, prev_precedence.unsqueeze(-2))
+    return _zero_diagonal_(link)
+
+
+def _link_backward(
+    grad: Tensor, prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor, needs: Tuple[bool, ...]
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of ``_link_forward``; ``grad`` is owned by the caller and overwritten with ``dL'``."""
+    _zero_diagonal_(grad)  # the output diagonal is a constant 0
+    n = grad.shape[-1]
+    flat_grad, flat_link = grad.reshape(-1, n, n), prev_link.reshape(-1, n, n)
+    flat_w = write_weights.reshape(-1, n)
+    grad_precedence = grad_write = None
+    if needs[1]:  # dp_j = sum_i G_ij w_i
+        grad_precedence = torch.matmul(write_weights.unsqueeze(-2), grad).squeeze(-2)
+    if needs[2]:  # dw_k = sum_j G_kj (p_j - L'_kj) - sum_i G_ik L'_ik
+        sums = torch.empty_like(flat_w)
+        for part in _chunks(flat_grad.shape[0], n * n):
+            product = flat_grad[part] * flat_link[part]
+            torch.add(product.sum(-1), product.sum(-2), out=sums[part])
+        grad_write = torch.matmul(grad, prev_precedence.unsqueeze(-1)).squeeze(-1) - sums.view_as(write_weights)
+    if not needs[0]:
+        return None, grad_precedence, grad_write
+    for part in _chunks(flat_grad.shape[0], n * n):  # dL'_ij = (1 - w_i - w_j) G_ij, in place
+        w = flat_w[part]
+        flat_grad[part].mul_(1.0 - w.unsqueeze(-1) - w.unsqueeze(-2))
+    return grad, grad_precedence, grad_write
+
+
 class _LinkUpdate(torch.autograd.Function):
-    """``L_ij = (1 - w_i - w_j) L'_ij + w_i p_j`` with ``L_ii = 0``; saves only the three inputs."""
+    """``update_link`` as an autograd function that saves only its three inputs."""
 
     @staticmethod
     def forward(ctx, prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
-        w_i = write_weights.unsqueeze(-1)
-        w_j = write_weights.unsqueeze(-2)
-        link = prev_link * (1.0 - w_i)
-        link.addcmul_(prev_link, w_j, value=-1.0)
-        link.addcmul_(w_i, prev_precedence.unsqueeze(-2))
         ctx.save_for_backward(prev_link, prev_precedence, write_weights)
-        return _zero_diagonal_(link)
+        return _link_forward(prev_link, prev_precedence, write_weights)
 
     @staticmethod
-    def backward(ctx, grad_link: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    def backward(ctx, grad_link: Tensor) -> Tuple[Optional[Tensor], ...]:
         prev_link, prev_precedence, write_weights = ctx.saved_tensors
-        need_link, need_precedence, need_write = ctx.needs_input_grad
-        grad = _zero_diagonal_(grad_link.clone())  # the diagonal is a constant 0
-        w_i = write_weights.unsqueeze(-1)
-        w_j = write_weights.unsqueeze(-2)
-        grad_precedence = grad_write = grad_prev_link = None
-        if need_precedence:  # dp_j = sum_i G_ij w_i
-            grad_precedence = torch.matmul(write_weights.unsqueeze(-2), grad).squeeze(-2)
-        if need_write:  # dw_k = sum_j G_kj (p_j - L_kj) - sum_i G_ik L_ik
-            grad_times_link = grad * prev_link
-            grad_write = torch.matmul(grad, prev_precedence.unsqueeze(-1)).squeeze(-1)
-            grad_write = grad_write - grad_times_link.sum(-1) - grad_times_link.sum(-2)
-            del grad_times_link
-        if need_link:  # dL'_ij = (1 - w_i - w_j) G_ij
-            grad_prev_link = grad.mul_(1.0 - w_i)
-            grad_prev_link.addcmul_(grad_link, w_j, value=-1.0)
-            _zero_diagonal_(grad_prev_link)
-        return grad_prev_link, grad_precedence, grad_write
+        return _link_backward(grad_link.clone(memory_format=torch.contiguous_format), prev_link, prev_precedence, write_weights, ctx.needs_input_grad)
+
+
+def _directional(link: Tensor, read_weights: Tensor) -> Tuple[Tensor, Tensor]:
+    """Forward ``L w`` and backward ``L^T w`` weights, both ``[B, R, H, N]``."""
+    forward = torch.matmul(link, read_weights.transpose(1, 2).unsqueeze(1)).permute(0, 3, 1, 2)
+    backward = torch.matmul(read_weights.unsqueeze(1), link).transpose(1, 2)
+    return forward, backward
+
+
+class _TemporalLinkStep(torch.autograd.Function):
+    """Link update fused with forward/backward reads; link gradients are accumulated in place."""
+
+    @staticmethod
+    def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
+        link = _link_forward(prev_link, prev_precedence, write_weights)
+        ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights, link)
+        ctx.set_materialize_grads(False)
+        return (link, *_directional(link, prev_read_weights))
+
+    @staticmethod
+    def backward(ctx, grad_link, grad_forward, grad_backward):
+        prev_link, prev_precedence, write_weights, read_weights, link = ctx.saved_tensors
+        b, h, n, _ = link.shape
+        if grad_link is None:
+            grad = torch.zeros(link.shape, dtype=link.dtype, device=link.device)
+        else:
+            grad = grad_link.clone(memory_format=torch.contiguous_format)
+        flat_grad, grad_read = grad.view(b * h, n, n), None
+        reads = read_weights.unsqueeze(1).expand(b, h, -1, n)  # [B, H, R, N]
+        if grad_forward is not None:  # f_i = sum_j L_ij w_j
+            g = grad_forward.permute(0, 2, 1, 3)  # [B, H, R, N]
+            flat_grad.baddbmm_(g.transpose(-1, -2).reshape(b * h, n, -1), reads.reshape(b * h, -1, n))
+            grad_read = torch.matmul(g, link).sum(1)
+        if grad_backward is not None:  # b_j = sum_i w_i L_ij
+            g = grad_backward.permute(0, 2, 1, 3)
+            flat_grad.baddbmm_(reads.transpose(-1, -2).reshape(b * h, n, -1), g.reshape(b * h, -1, n))
+            term = torch.matmul(g, link.transpose(-1, -2)).sum(1)
+            grad_read = term if grad_read is None else grad_read + term
+        if grad_read is not None and not ctx.needs_input_grad[3]:
+            grad_read = None
+        grads = _link_backward(grad, prev_link, prev_precedence, write_weights, ctx.needs_input_grad[:3])
+        return (*grads, grad_read)
 
 
 def update_link(prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
@@ -101,3 +167,22 @@ def directional_read_weights(link: Tensor, prev_read_weights: Tensor, forward: b
         return result.permute(0, 3, 1, 2)
     result = torch.matmul(prev_read_weights.unsqueeze(1), link)  # [B, H, R, N]
     return result.transpose(1, 2)
+
+
+def temporal_link_step(
+    prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor, prev_read_weights: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Fused ``update_link`` + forward and backward ``directional_read_weights`` on the new link.
+
+    Same values and gradients as the three separate calls, with fewer ``[B, H, N, N]`` temporaries.
+
+    Args:
+        prev_link: ``L_{t-1}`` ``[B, H, N, N]``.
+        prev_precedence: ``p_{t-1}`` ``[B, H, N]``.
+        write_weights: ``w^w_t`` ``[B, H, N]``.
+        prev_read_weights: ``w^r_{t-1}`` ``[B, R, N]``.
+
+    Returns:
+        ``(L_t [B, H, N, N], forward_weights [B, R, H, N], backward_weights [B, R, H, N])``.
+    """
+    return _TemporalLinkStep.apply(prev_link, prev_precedence, write_weights, prev_read_weights)

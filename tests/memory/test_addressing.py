@@ -230,6 +230,11 @@ GRADCHECK_CASES = {
         addr.update_link,
         lambda: (rand(B, H, N, N, seed=1, scale=0.2), simplex(B, H, N, seed=2), simplex(B, H, N, seed=3)),
     ),
+    "temporal_link_step": (
+        addr.temporal_link_step,
+        lambda: (rand(B, H, N, N, seed=1, scale=0.2), simplex(B, H, N, seed=2), simplex(B, H, N, seed=3),
+                 simplex(B, R, N, seed=4)),
+    ),
     "update_precedence": (addr.update_precedence, lambda: (simplex(B, H, N, seed=1), simplex(B, H, N, seed=2))),
     "directional_forward": (
         lambda link, w: addr.directional_read_weights(link, w, True),
@@ -275,6 +280,27 @@ def test_update_link_matches_dense_formula_and_gradients():
     (reference * weight).sum().backward()
     assert torch.allclose(out, reference)
     for ours, theirs in zip(inputs, dense):
+        assert torch.allclose(ours.grad, theirs.grad)
+
+
+@pytest.mark.parametrize("use_link_grad", [True, False])
+def test_temporal_link_step_matches_separate_primitives(use_link_grad):
+    inputs = (rand(B, H, N, N, seed=5, scale=0.2), simplex(B, H, N, seed=6), simplex(B, H, N, seed=7),
+              simplex(B, R, N, seed=8))
+    fused_in = [x.clone().requires_grad_() for x in inputs]
+    plain_in = [x.clone().requires_grad_() for x in inputs]
+    fused = addr.temporal_link_step(*fused_in)
+    link = addr.update_link(*plain_in[:3])
+    plain = (link, addr.directional_read_weights(link, plain_in[3], True),
+             addr.directional_read_weights(link, plain_in[3], False))
+    weights = [rand(*x.shape, seed=20 + i) for i, x in enumerate(plain)]
+    if not use_link_grad:  # the last step of a sequence: no gradient reaches the link output
+        weights[0] = torch.zeros_like(weights[0])
+    for outputs, loss_inputs in ((fused, fused_in), (plain, plain_in)):
+        sum((out * w).sum() for out, w in zip(outputs, weights) if w.any()).backward()
+    for ours, theirs in zip(fused, plain):
+        assert torch.allclose(ours, theirs)
+    for ours, theirs in zip(fused_in, plain_in):
         assert torch.allclose(ours.grad, theirs.grad)
 
 
