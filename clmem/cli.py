@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--address", help="Ray cluster address (e.g. auto); default: a local Ray")
     grid.add_argument("--tracking-uri", help=uri_help)
     grid.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    grid.add_argument("--resume", action="store_true",
+                      help="continue the latest interrupted grid of this file: run only missing trials")
 
     cmp_ = sub.add_parser("compare", help="mean ± sd over seeds per grid-axis combination")
     cmp_.add_argument("name", help="experiment name")
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"clmem: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as err:
+        print(f"clmem: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+        return 130
 
 
 def _load(file: str):
@@ -134,7 +139,7 @@ def cmd_grid(args) -> int:
     print(f"grid {experiment.name!r}: {len(experiment.trials)} trials "
           f"(axes: {', '.join(experiment.axes) or 'none'}; seeds: {experiment.raw['seeds']})", flush=True)
     parent, failed = run_grid(experiment, tracker, args.address, args.max_concurrent,
-                              progress=lambda line: print(line, flush=True))
+                              progress=lambda line: print(line, flush=True), resume=args.resume)
     print()
     _print_comparison(tracker, experiment.name, parent, "ACC")
     print(f"\ntracked in {tracker.uri} (parent run {parent}); look at it with: "

@@ -1,13 +1,19 @@
 """The Ray Tune adapter: runs an experiment's grid, one Tune trial per resolved trial.
 
-Trials report once per experience with ``tune.report``; a driver-side Tune callback turns those
-reports into MLflow runs through :class:`clmem.tracking.Tracker`, so only the driver writes to the
-tracking store.
+Trials report once per experience with ``tune.report`` (with a checkpoint of model, optimizer
+and plugin states when the strategy is resumable); a driver-side Tune callback turns the reports
+into MLflow runs through :class:`clmem.tracking.Tracker`, so only the driver writes to the store.
+
+Faults: a trial that fails is retried up to ``max_failures`` times and resumes after its last
+checkpointed experience. ``resume=True`` continues an interrupted grid: finished trials are
+skipped, interrupted ones continue their MLflow run from their last Ray checkpoint, and no step
+is logged twice.
 """
 from __future__ import annotations
 
+import json
 import os
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,65 +25,147 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from clmem.config import Experiment  # noqa: E402
+from clmem.options import ConfigError  # noqa: E402
 from clmem.tracking import Tracker  # noqa: E402
+
+#: Test and chaos-drill hook: "EXPERIENCE:MARKER_FILE" makes the trial process exit hard right
+#: after reporting that experience, once (the marker file records that it happened).
+FAULT_ENV = "CLMEM_FAULT_AFTER_EXPERIENCE"
+
+
+def _maybe_crash(experience: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if int(at) == experience and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(17)
+
+
+def _load_state(directory: str | None):
+    import torch
+
+    if not directory or not (Path(directory) / "state.pt").is_file():
+        return None
+    # Files written by an earlier attempt of this same trial (plain tensors and lists).
+    return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def _report(experience: int, report: dict, key: str) -> None:
+    import torch
+
+    state = report.pop("_checkpoint", None)
+    report["worker_pid"] = os.getpid()
+    report["node_id"] = ray.get_runtime_context().get_node_id()
+    if state is None:
+        tune.report(report)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / "state.pt")
+            (Path(tmp) / "meta.json").write_text(json.dumps({"experience": experience, "key": key}))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+    _maybe_crash(experience)
 
 
 def _trainable(config: dict) -> None:
-    """Tune function trainable: run one trial, reporting after each experience."""
+    """Tune function trainable: run one trial, reporting (and checkpointing) per experience."""
     import warnings
-
-    from clmem.runner import run_trial
 
     warnings.filterwarnings("ignore")
     import avalanche.training  # noqa: F401  (import before the trial's wall clock starts)
-    run_trial(config["trial"], on_experience=lambda i, report: tune.report(report))
+
+    from clmem.runner import run_trial
+
+    trial = config["job"]["trial"]
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = _load_state(directory)
+    if resume is None:
+        resume = _load_state(config["job"].get("resume_checkpoint"))
+    run_trial(trial, lambda i, r: _report(i, r, trial["key"]), checkpointing=True, resume=resume)
 
 
 class MlflowDriverCallback(tune.Callback):
     """Logs each Tune trial as a child MLflow run of the grid's parent run, from the driver."""
 
-    def __init__(self, tracker: Tracker, experiment: Experiment, parent_id: str,
-                 progress: Callable[[str], None] = print):
+    def __init__(self, tracker: Tracker, experiment: Experiment, parent_id: str, total: int,
+                 existing: dict[str, str] | None = None, progress: Callable[[str], None] = print):
         self.tracker, self.experiment, self.parent_id = tracker, experiment, parent_id
-        self.progress = progress
+        self.total, self.progress = total, progress
+        self.existing = dict(existing or {})  # trial key -> run id to continue
         self.run_ids: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
         self.last: dict[str, dict] = {}
-        self.done = 0
-        self.failed = 0
+        self.ended: set[str] = set()
+        self.done = self.failed = 0
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
-            spec = trial.config["trial"]
-            self.run_ids[trial.trial_id] = self.tracker.start_trial(
-                self.parent_id, self.experiment.name, spec)
+            spec = trial.config["job"]["trial"]
+            run_id = self.existing.get(spec["key"])
+            if run_id is not None:
+                self.tracker.reopen(run_id)
+                self.last_step[run_id] = self.tracker.last_step(run_id)
+            else:
+                run_id = self.tracker.start_trial(self.parent_id, self.experiment.name, spec)
+                self.last_step[run_id] = -1
+            self.run_ids[trial.trial_id] = run_id
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.tracker.log_experience(self._run_id(trial), result)
+        run_id = self._run_id(trial)
         self.last[trial.trial_id] = result
-        spec = trial.config["trial"]
+        if result["experience"] <= self.last_step[run_id]:
+            return  # already logged by an earlier attempt
+        if self.last_step[run_id] == -1 or "resumed_from" in result:
+            tags = {"clmem.node_id": result.get("node_id"), "clmem.worker_pid": result.get("worker_pid"),
+                    "clmem.device": result.get("device")}
+            if "resumed_from" in result:
+                tags["clmem.resumed_from"] = result["resumed_from"]
+            self.tracker.set_tags(run_id, tags)
+        self.tracker.log_experience(run_id, result)
+        self.last_step[run_id] = result["experience"]
+        spec = trial.config["job"]["trial"]
         self.progress(
-            f"[{self.done}/{len(self.experiment.trials)} trials done] trial {spec['index']} "
-            f"({spec['strategy']['name']}, seed {spec['seed']}): experience "
-            f"{result['experience'] + 1}/{result['experiences_total']}, "
+            f"[{self.done}/{self.total} trials done] trial {spec['index']} ({spec['strategy']['name']}, "
+            f"seed {spec['seed']}): experience {result['experience'] + 1}/{result['experiences_total']}, "
             f"seen accuracy {result['seen_acc']:.3f}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.progress(f"trial {trial.config['job']['trial']['index']} failed; retrying from its last checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        self.tracker.finish_trial(self._run_id(trial), self.last.get(trial.trial_id), "FINISHED")
+        self._end(trial, "FINISHED")
+        self.progress(f"trial {trial.config['job']['trial']['index']} finished ({self.done}/{self.total} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
         self.failed += 1
-        self.tracker.finish_trial(self._run_id(trial), self.last.get(trial.trial_id), "FAILED")
-        self.progress(f"trial {trial.config['trial']['index']} FAILED (see Ray logs: {trial.local_path})")
+        self._end(trial, "FAILED")
+        self.progress(f"trial {trial.config['job']['trial']['index']} FAILED (Ray logs: {trial.local_path})")
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self._run_id(trial)
+        self.tracker.finish_trial(run_id, self.last.get(trial.trial_id), status)
+        self.ended.add(run_id)
+
+    def end_unfinished(self) -> int:
+        """Mark runs of trials that never ended KILLED (interrupted grid); returns how many."""
+        left = [r for r in self.run_ids.values() if r not in self.ended]
+        for run_id in left:
+            self.tracker.end_run(run_id, "KILLED")
+        return len(left)
 
 
 def _trial_name(trial) -> str:
-    spec = trial.config["trial"]
+    spec = trial.config["job"]["trial"]
     return f"trial_{spec['index']:04d}_{spec['key']}"
 
 
@@ -93,38 +181,88 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+def storage_root(storage_path: str | None = None) -> Path:
+    return Path(storage_path or os.environ.get("CLMEM_RAY_STORAGE", "ray_results")).resolve()
+
+
+def latest_checkpoint(storage: Path, experiment: str, parent_id: str, key: str) -> str | None:
+    """The newest Ray checkpoint (by experience) of trial ``key`` in any run of this grid."""
+    best, best_exp = None, -1
+    for meta in storage.glob(f"{experiment}-{parent_id[:8]}*/trial_*_{key}/checkpoint_*/meta.json"):
+        experience = json.loads(meta.read_text())["experience"]
+        if experience > best_exp:
+            best, best_exp = str(meta.parent), experience
+    return best
+
+
+def _resume_plan(experiment: Experiment, tracker: Tracker, storage: Path):
+    """(parent id, jobs still to run, existing run id per key) for ``--resume``."""
+    parent = tracker.find_grid(experiment)
+    if parent is None:
+        raise ConfigError("--resume", f"no earlier grid of experiment {experiment.name!r} with these "
+                                      f"trials in {tracker.uri} (run it without --resume)")
+    parent_id = parent.info.run_id
+    finished, existing = set(), {}
+    for run in sorted(tracker.children(parent), key=lambda r: r.info.start_time):
+        key = run.data.tags.get("clmem.trial_key")
+        if run.info.status == "FINISHED":
+            finished.add(key)
+        else:
+            existing[key] = run.info.run_id
+    jobs = [{"trial": t, "resume_checkpoint": latest_checkpoint(storage, experiment.name, parent_id, t["key"])
+             if t["key"] in existing else None}
+            for t in experiment.trials if t["key"] not in finished]
+    return parent_id, jobs, existing
+
+
 def run_grid(experiment: Experiment, tracker: Tracker, address: str | None = None,
              max_concurrent: int | None = None, storage_path: str | None = None,
-             progress: Callable[[str], None] = print) -> tuple[str, int]:
-    """Run every trial of ``experiment`` on Ray Tune; returns (parent run id, failed trials)."""
+             progress: Callable[[str], None] = print, resume: bool = False) -> tuple[str, int]:
+    """Run the grid of ``experiment`` on Ray Tune; returns (parent run id, failed trials)."""
+    storage = storage_root(storage_path)
+    if resume:
+        parent_id, jobs, existing = _resume_plan(experiment, tracker, storage)
+        tracker.reopen(parent_id)
+        progress(f"resuming grid {parent_id}: {len(experiment.trials) - len(jobs)} trials already "
+                 f"finished, {len(jobs)} to run ({len(existing)} of them continue an interrupted run)")
+    else:
+        parent_id, existing = tracker.start_parent(experiment, "grid"), {}
+        jobs = [{"trial": t, "resume_checkpoint": None} for t in experiment.trials]
+    if not jobs:
+        tracker.end_run(parent_id, "FINISHED")
+        return parent_id, 0
     started = init_ray(address)
-    parent_id = tracker.start_parent(experiment, "grid")
-    callback = MlflowDriverCallback(tracker, experiment, parent_id, progress)
-    resources = experiment.trials[0]["resources"]
-    trainable = tune.with_resources(_trainable, {"cpu": resources["cpu"], "gpu": resources["gpu"]})
-    storage = Path(storage_path or os.environ.get("CLMEM_RAY_STORAGE", "ray_results")).resolve()
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(experiment.trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(
-            name=f"{experiment.name}-{int(time.time())}", storage_path=str(storage), verbose=0,
-            callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
-        ),
-    )
-    status = "FINISHED"
+    callback = MlflowDriverCallback(tracker, experiment, parent_id, len(jobs), existing, progress)
+    status = "KILLED"
     try:
-        tuner.fit()
-        if callback.failed:
-            status = "FAILED"
-    except BaseException:
-        status = "KILLED"
-        raise
+        _fit(experiment, jobs, callback, storage, parent_id, max_concurrent, resume)
+        status = "FINISHED" if callback.done == len(jobs) and not callback.failed else (
+            "FAILED" if callback.done == len(jobs) else "KILLED")
     finally:
+        if callback.end_unfinished():
+            status = "KILLED"
         tracker.end_run(parent_id, status)
         if started:
             ray.shutdown()
-        sys.stdout.flush()
+    if status == "KILLED":
+        raise KeyboardInterrupt(f"grid interrupted; continue it with --resume (parent run {parent_id})")
     return parent_id, callback.failed
+
+
+def _fit(experiment, jobs, callback, storage: Path, parent_id: str, max_concurrent, resume: bool):
+    resources = experiment.trials[0]["resources"]
+    trainable = tune.with_resources(_trainable, {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+    suffix = f"-resume{int(time.time())}" if resume else ""
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=f"{experiment.name}-{parent_id[:8]}{suffix}", storage_path=str(storage), verbose=0,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    tuner.fit()

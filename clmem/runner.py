@@ -108,30 +108,74 @@ def _avalanche_summary(results: dict) -> dict[str, float]:
     return out
 
 
-def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = None) -> TrialResult:
-    """Run one resolved trial (see :mod:`clmem.config`) and return its accuracy matrix."""
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = None,
+              checkpointing: bool = False, resume: dict | None = None) -> TrialResult:
+    """Run one resolved trial (see :mod:`clmem.config`) and return its accuracy matrix.
+
+    With ``checkpointing``, each report carries ``"_checkpoint"``: for a resumable strategy the
+    state after that experience (see :mod:`strategies.checkpoint`), otherwise only its index. ``resume`` is such a state:
+    the trial continues after its experience; for a strategy that cannot be resumed exactly it
+    restarts from the first experience (``resumed_from`` = -1 in the reports).
+    """
+    from strategies.checkpoint import resumability, strategy_state
+
     seed_everything(trial["seed"])
     device = pick_device(trial["resources"]["gpu"])
     bench_opts = {k: v for k, v in trial["benchmark"].items() if k != "name"}
     stream = build_stream(trial["benchmark"]["name"], trial["seed"], **bench_opts)
     strategy = build_strategy(trial, stream, device)
-    start = time.perf_counter()  # wall time: evaluation at init, training and evaluations
+    resumable, why = resumability(strategy)
     train_stream, test_stream = stream.benchmark.train_stream, stream.benchmark.test_stream
-    b, _ = evaluate_row(strategy, test_stream)
-    R: list[list[float]] = []
-    for i, experience in enumerate(train_stream):
+    start = time.perf_counter()  # wall time: evaluation at init, training and evaluations
+    first, R, b, elapsed, extra = _starting_point(strategy, test_stream, resume, why)
+    extra["device"] = device
+    summary, avl = None, {}
+    for i in range(first, len(train_stream)):
         t0 = time.perf_counter()
-        strategy.train(experience)
+        strategy.train(train_stream[i])
         row, results = evaluate_row(strategy, test_stream)
         R.append(row)
         report = _step_report(i, len(train_stream), R, b, time.perf_counter() - t0, stream)
+        report.update(extra)
+        wall = elapsed + time.perf_counter() - start
         if i == len(train_stream) - 1:
-            summary = _summary(R, b, stream, time.perf_counter() - start)
-            avl = _avalanche_summary(results)
+            summary = _summary(R, b, stream, wall)
+            avl = _avalanche_summary(results) if first == 0 else {}
             report.update(summary, **avl)
+        if checkpointing:  # a non-resumable trial still records how far it got
+            report["_checkpoint"] = {"experience": i} if not resumable else {
+                "experience": i, "R": [list(r) for r in R], "b": list(b), "elapsed": wall,
+                "rng": rng_state(), "strategy": strategy_state(strategy)}
         if on_experience is not None:
             on_experience(i, report)
+    if summary is None:  # resumed after its last experience: nothing left to train
+        summary = _summary(R, b, stream, elapsed)
     return TrialResult(R, b, summary, avl)
+
+
+def _starting_point(strategy, test_stream, resume: dict | None, why: str):
+    """(first experience, R rows, b, elapsed seconds, report extras) for a fresh or resumed trial."""
+    from strategies.checkpoint import load_strategy_state
+
+    if resume is not None and not why and "strategy" in resume:
+        load_strategy_state(strategy, resume["strategy"])
+        set_rng_state(resume["rng"])
+        extra = {"resumed_from": resume["experience"]}
+        return resume["experience"] + 1, resume["R"], resume["b"], resume["elapsed"], extra
+    if resume is not None:
+        warnings.warn(f"restarting trial from its first experience: {why or 'no saved state'}")
+    b, _ = evaluate_row(strategy, test_stream)
+    return 0, [], b, 0.0, ({"resumed_from": -1} if resume is not None else {})
 
 
 def _step_report(i: int, total: int, R, b, seconds: float, stream: Stream) -> dict:

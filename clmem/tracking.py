@@ -21,7 +21,7 @@ import yaml
 from clmem.config import Experiment, flatten
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_NOT_METRICS = ("R", "b", "experience", "experiences_total")
+_NOT_METRICS = ("R", "b", "experience", "experiences_total", "worker_pid", "resumed_from")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -65,6 +65,7 @@ class Tracker:
         """A parent run for ``experiment`` holding the experiment file and its grid axes."""
         exp_id = self.experiment_id(experiment.name)
         all_tags = {"clmem.kind": kind, "clmem.axes": json.dumps(experiment.axes),
+                    "clmem.grid_hash": grid_hash(experiment),
                     "clmem.num_trials": str(len(experiment.trials)),
                     "clmem.source": str(experiment.source or ""), **(tags or {})}
         run = self.client.create_run(exp_id, tags=all_tags, run_name=f"{experiment.name}-{kind}")
@@ -103,6 +104,30 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an ended or interrupted run RUNNING again (resumed grids and trials)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def last_step(self, run_id: str, metric: str = "seen_acc") -> int:
+        """The highest step logged for ``metric`` (-1 when none): where a resumed run goes on."""
+        history = self.client.get_metric_history(run_id, metric)
+        return max((m.step for m in history), default=-1)
+
+    def find_grid(self, experiment: Experiment):
+        """The latest grid parent run of ``experiment`` with exactly this file's trials, or None."""
+        exp_id = self.experiment_id(experiment.name, create=False)
+        if exp_id is None:
+            return None
+        flt = (f"tags.`clmem.kind` = 'grid' and tags.`clmem.grid_hash` = '{grid_hash(experiment)}'")
+        runs = self.client.search_runs([exp_id], flt, order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return runs[0] if runs else None
 
     # ---- reading back ---------------------------------------------------------------------
     def latest_parent(self, experiment_name: str, kind: str = "grid"):
@@ -147,6 +172,14 @@ class Tracker:
             png_path = accuracy_heatmap(R, Path(tmp) / "R.png")
             self.client.log_artifact(run_id, str(json_path))
             self.client.log_artifact(run_id, str(png_path))
+
+
+def grid_hash(experiment: Experiment) -> str:
+    """Identifies a grid by its trials (same resolved trials → same hash)."""
+    import hashlib
+
+    keys = ",".join(sorted(t["key"] for t in experiment.trials))
+    return hashlib.sha1(keys.encode()).hexdigest()[:16]
 
 
 def _is_number(value: Any) -> bool:
