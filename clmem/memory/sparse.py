@@ -55,6 +55,7 @@ from .sparse_addressing import (
     written_rows,
 )
 from .sparse_index import FAISS_MISSING, SlotIndex, normalise_rows
+from .sparse_links import SparseLinks, clear_links, directional_candidates, empty_links, merge_top, update_links
 
 __all__ = [
     "SparseMemoryConfig", "SparseInterface", "SparseStore", "SparseMemoryState", "SparseMemory",
@@ -79,6 +80,7 @@ class SparseStore:
         self.base = base
         self.indexes = indexes
         self.version = 0
+        self.links: Optional[SparseLinks] = None
 
     def recycled(self) -> "SparseStore":
         """A store for a new all-zero sequence reusing these buffers: zeroes the changed rows only; retires ``self``
@@ -89,7 +91,9 @@ class SparseStore:
             index.clear()
         store = SparseStore.__new__(SparseStore)
         store.memory, store.usage, store.last_writer = self.memory, self.usage.zero_(), self.last_writer.fill_(-1)
-        store.base, store.indexes, store.version = None, self.indexes, 0
+        store.base, store.indexes, store.version, store.links = None, self.indexes, 0, self.links
+        if store.links is not None:
+            clear_links(store.links)
         return store
 
 
@@ -172,6 +176,9 @@ class SparseMemory(nn.Module):
             rows = buffer.to(torch.float32).cpu().numpy()
             store = SparseStore(buffer, [self._new_index(rows[b]) for b in range(batch_size)], base)
         buffer = store.memory
+        if cfg.use_links and store.links is None:
+            store.links = empty_links(batch_size, cfg.memory_size, cfg.link_neighbours, cfg.precedence_size,
+                                      buffer.dtype, buffer.device)
         r, k, h = cfg.num_reads, cfg.k_neighbours, cfg.num_writes
         read_indices = torch.arange(k, device=buffer.device).expand(batch_size, r, k)
         write_indices = torch.cat([read_indices.reshape(batch_size, -1),
@@ -216,6 +223,9 @@ class SparseMemory(nn.Module):
         positions = state.pool.shape[0] + torch.arange(rows.shape[0] * rows.shape[1], device=slots.device)
         pool = torch.cat([state.pool, rows.reshape(-1, cfg.word_size)], dim=0)
         self._commit(store, slots, rows.detach(), positions.view_as(slots))
+        if store.links is not None:
+            is_first = first[..., 0] == torch.arange(slots.shape[1], device=slots.device)
+            update_links(store.links, slots, weights.sum(1).clamp(max=1.0), is_first)
         touch(store.usage, slots, weights.amax(1) > cfg.usage_threshold, time)
         return pool, weights, slots
 
@@ -250,11 +260,26 @@ class SparseMemory(nn.Module):
         batch, reads, k = slots.shape
         rows = gather_rows(store, pool, slots.reshape(batch, -1)).view(batch, reads, k, cfg.word_size)
         weights = content_weights(interface.read_keys, rows, interface.read_strengths, cfg.eps, valid)
+        if store.links is not None:
+            slots, weights = self._mix_read_modes(interface, state, slots, weights)
+            rows = gather_rows(store, pool, slots.reshape(batch, -1)).view(batch, reads, k, cfg.word_size)
         touch(store.usage, slots.reshape(batch, -1), (weights > cfg.usage_threshold).reshape(batch, -1), time)
         store.version += 1
         read_words = weighted_read(weights, rows)
         return read_words, SparseMemoryState(store, pool, read_words, weights, slots, write_weights,
                                              write_indices, time, store.version)
+
+    @staticmethod
+    def _mix_read_modes(interface: SparseInterface, state: SparseMemoryState, slots: Tensor,
+                        content: Tensor) -> Tuple[Tensor, Tensor]:
+        """DNC read modes over sparse supports: ``pi_b L^T w + pi_c c + pi_f L w`` (``w``: previous read weights),
+        duplicates summed, strongest K slots kept -> ``(slots [B, R, K], weights [B, R, K])``."""
+        links, modes = state.store.links, interface.read_modes
+        fwd_idx, fwd = directional_candidates(links, state.read_indices, state.read_weights, forward=True)
+        bwd_idx, bwd = directional_candidates(links, state.read_indices, state.read_weights, forward=False)
+        candidates = torch.cat([bwd_idx, slots, fwd_idx], dim=-1)
+        weights = torch.cat([modes[..., :1] * bwd, modes[..., 1:2] * content, modes[..., 2:] * fwd], dim=-1)
+        return merge_top(candidates, weights, slots.shape[-1])
 
     @staticmethod
     def detach_state(state: SparseMemoryState) -> SparseMemoryState:
@@ -296,6 +321,8 @@ class SparseDNCCoreConfig(CoreConfig):
     nprobe: int = 8
     index_seed: int = 0
     recycle_buffers: bool = False
+    use_links: bool = False
+    link_neighbours: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -307,7 +334,8 @@ class SparseDNCCoreConfig(CoreConfig):
     def memory_config(self) -> SparseMemoryConfig:
         return SparseMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes,
                                   self.k_neighbours, self.usage_threshold, self.nlist, self.nprobe, self.index_seed,
-                                  recycle_buffers=self.recycle_buffers)
+                                  recycle_buffers=self.recycle_buffers, use_links=self.use_links,
+                                  link_neighbours=self.link_neighbours)
 
 
 class SparseDNCCore(MemoryCore):

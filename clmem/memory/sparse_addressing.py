@@ -30,6 +30,8 @@ class SparseMemoryConfig:
         recycle_buffers: ``initial_state`` without ``memory`` reuses the buffers and indexes of the previous
             zero-initialised sequence of the same shape, zeroing only the rows it changed (O(touched) instead of
             O(B N)); the states of that previous sequence then become stale.
+        use_links: sparse temporal links (``clmem.memory.sparse_links``) and DNC read modes
+            (backward, content, forward); ``link_neighbours`` L links are kept per slot and direction.
     """
 
     memory_size: int
@@ -43,6 +45,8 @@ class SparseMemoryConfig:
     index_seed: int = 0
     eps: float = 1e-6
     recycle_buffers: bool = False
+    use_links: bool = False
+    link_neighbours: int = 4
 
     def __post_init__(self) -> None:
         name = "SparseMemoryConfig"
@@ -55,8 +59,10 @@ class SparseMemoryConfig:
         check_int(name, "nprobe", self.nprobe, 1)
         check_int(name, "index_seed", self.index_seed, 0)
         check_positive_float(name, "eps", self.eps)
-        if not isinstance(self.recycle_buffers, bool):
-            raise ValueError(f"{name}.recycle_buffers: expected a bool, got {self.recycle_buffers!r}")
+        for flag in ("recycle_buffers", "use_links"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{name}.{flag}: expected a bool, got {getattr(self, flag)!r}")
+        check_int(name, "link_neighbours", self.link_neighbours, 1)
         if self.nlist is not None:
             check_int(name, "nlist", self.nlist, 1)
             if self.nlist > self.memory_size:
@@ -76,8 +82,14 @@ class SparseMemoryConfig:
 
     @property
     def interface_size(self) -> int:
-        """Size of the raw interface vector: R*W keys + R strengths + H*W vectors + H gates + H interpolations."""
-        return self.num_reads * (self.word_size + 1) + self.num_writes * (self.word_size + 2)
+        """Raw interface size: R*W keys + R strengths + H*W vectors + H gates + H interpolations (+ 3R read modes)."""
+        modes = 3 * self.num_reads if self.use_links else 0
+        return self.num_reads * (self.word_size + 1) + self.num_writes * (self.word_size + 2) + modes
+
+    @property
+    def precedence_size(self) -> int:
+        """P = J = R*K + H entries kept in the sparse precedence (links only)."""
+        return self.num_reads * self.k_neighbours + self.num_writes
 
 
 class SparseInterface(NamedTuple):
@@ -88,6 +100,7 @@ class SparseInterface(NamedTuple):
     write_vectors: Tensor  # [B, H, W]
     write_gates: Tensor  # [B, H], alpha in (0, 1)
     interpolation_gates: Tensor  # [B, H], gamma in (0, 1)
+    read_modes: Optional[Tensor] = None  # [B, R, 3] (backward, content, forward), with use_links only
 
 
 def oneplus(x: Tensor) -> Tensor:
@@ -98,9 +111,11 @@ def oneplus(x: Tensor) -> Tensor:
 def parse_interface(vector: Tensor, config: SparseMemoryConfig) -> SparseInterface:
     """Split and squash a raw interface ``[B, interface_size]`` into a ``SparseInterface``."""
     r, h, w = config.num_reads, config.num_writes, config.word_size
-    keys, strengths, vectors, gates, interp = torch.split(vector, [r * w, r, h * w, h, h], dim=-1)
+    sizes = [r * w, r, h * w, h, h] + ([3 * r] if config.use_links else [])
+    keys, strengths, vectors, gates, interp, *modes = torch.split(vector, sizes, dim=-1)
+    read_modes = torch.softmax(modes[0].unflatten(-1, (r, 3)), dim=-1) if modes else None
     return SparseInterface(keys.unflatten(-1, (r, w)), oneplus(strengths), vectors.unflatten(-1, (h, w)),
-                           torch.sigmoid(gates), torch.sigmoid(interp))
+                           torch.sigmoid(gates), torch.sigmoid(interp), read_modes)
 
 
 def cosine_similarity(keys: Tensor, rows: Tensor, eps: float) -> Tensor:

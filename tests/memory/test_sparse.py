@@ -171,7 +171,7 @@ def test_approximate_index_for_large_memory():
     interfaces = _interfaces(SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R), steps=3, seed=11,
                              dtype=torch.float32)
     for interface in interfaces:
-        _, state = memory.step(interface._replace(**{f: v[:1] for f, v in interface._asdict().items()}), state)
+        _, state = memory.step(interface._replace(**{f: v[:1] for f, v in interface._asdict().items() if v is not None}), state)
     assert state.store.indexes[0].ntotal == 5000
     assert state.read_indices.shape == (1, R, K)
     assert torch.all(state.read_indices >= 0) and torch.all(state.read_indices < 5000)
@@ -221,3 +221,51 @@ def test_sparse_dnc_core_config_validation():
 
     with pytest.raises(ValueError, match=r"^SparseDNCCoreConfig\.k_neighbours: "):
         SparseDNCCoreConfig(input_size=3, output_size=2, memory_size=N, word_size=W, num_reads=R, k_neighbours=N + 1)
+
+
+def _link_interface(key, write, alpha, modes, strength=100.0):
+    from clmem.memory.sparse import SparseInterface
+
+    f64 = dict(dtype=torch.float64)
+    return SparseInterface(
+        read_keys=torch.tensor(key, **f64).expand(B, 1, W), read_strengths=torch.full((B, 1), strength, **f64),
+        write_vectors=torch.tensor(write, **f64).expand(B, 1, W), write_gates=torch.full((B, 1), alpha, **f64),
+        interpolation_gates=torch.zeros(B, 1, **f64), read_modes=torch.tensor(modes, **f64).expand(B, 1, 3))
+
+
+@pytest.mark.parametrize(("mode", "start", "expected"), [("forward", 0, 1), ("backward", 2, 1)])
+def test_sparse_links_follow_write_order(mode, start, expected):
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=1, k_neighbours=K, use_links=True,
+                             link_neighbours=2)
+    memory = SparseMemory(cfg)
+    state = memory.initial_state(B, dtype=torch.float64)
+    vectors = torch.eye(W, dtype=torch.float64).tolist()
+    content = [0.0, 1.0, 0.0]
+    written = []
+    for t in range(3):  # write e_t to the least-used slot (alpha = 1, gamma = 0); read e_start at the last step
+        key = vectors[start] if t == 2 else [1.0, 1.0, 1.0]
+        _, state = memory.step(_link_interface(key, vectors[t], 1.0, content), state)
+        written.append(state.write_indices[:, -1])
+    modes = [0.0, 0.0, 1.0] if mode == "forward" else [1.0, 0.0, 0.0]
+    reads, state = memory.step(_link_interface([1.0, 1.0, 1.0], vectors[0], 0.0, modes), state)
+    torch.testing.assert_close(reads[:, 0], torch.tensor(vectors[expected], dtype=torch.float64).expand(B, W),
+                               atol=1e-3, rtol=0)
+    top = state.read_indices[torch.arange(B), 0, state.read_weights[:, 0].argmax(-1)]
+    assert torch.equal(top, written[expected])
+
+
+def test_sparse_links_invariants():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, k_neighbours=K, use_links=True,
+                             link_neighbours=3)
+    memory = SparseMemory(cfg)
+    state = memory.initial_state(B, dtype=torch.float64)
+    for interface in _interfaces(cfg, steps=6, seed=16):
+        _, state = memory.step(interface, state)
+        links = state.store.links
+        for values in (links.prev_val, links.next_val, links.prec_val):
+            assert torch.all(values >= 0)
+        assert torch.all(links.prev_val.sum(-1) <= 1 + 1e-9) and torch.all(links.prec_val.sum(-1) <= 1 + 1e-9)
+        self_link = links.prev_idx == torch.arange(N).view(1, N, 1)
+        assert torch.all(links.prev_val[self_link] == 0)  # no self-links
+        dense_reads = SparseMemory.dense_read_weights(state)
+        assert torch.all(dense_reads >= 0) and torch.all(dense_reads.sum(-1) <= 1 + 1e-9)
