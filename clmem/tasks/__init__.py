@@ -21,10 +21,30 @@ from .algorithmic import (
     make_task,
     masked_bce_loss,
 )
+from .babi import (
+    BabiQuestion,
+    BabiStory,
+    MemNetData,
+    SequenceData,
+    Vocabulary,
+    babi_file,
+    babi_root,
+    encode_memnet,
+    encode_sequence,
+    load_babi,
+    load_babi_task,
+    parse_babi,
+    questions_of,
+    read_babi_file,
+)
+from .babi_gen import GENERATED_TASKS, BabiGenConfig, generate_babi_lines, write_babi
 
 __all__ = [
     "SequenceBatch", "exact_match_accuracy",
     "TASKS", "AlgorithmicTask", "AssociativeRecallConfig", "AssociativeRecallTask", "CopyConfig", "CopyTask",
     "Curriculum", "CurriculumConfig", "PrioritySortConfig", "PrioritySortTask", "RepeatCopyConfig",
     "RepeatCopyTask", "bits_per_sequence", "evaluate_generalisation", "make_task", "masked_bce_loss",
+    "BabiQuestion", "BabiStory", "MemNetData", "SequenceData", "Vocabulary", "babi_file", "babi_root",
+    "encode_memnet", "encode_sequence", "load_babi", "load_babi_task", "parse_babi", "questions_of",
+    "read_babi_file", "GENERATED_TASKS", "BabiGenConfig", "generate_babi_lines", "write_babi",
 ]
