@@ -129,6 +129,7 @@ class MlflowDriverCallback(tune.Callback):
             if "resumed_from" in result:
                 tags["clmem.resumed_from"] = result["resumed_from"]
             self.tracker.set_tags(run_id, tags)
+            self._warn_fallback(trial.config["job"]["trial"], result)
         self.tracker.log_experience(run_id, result)
         self.last_step[run_id] = result["experience"]
         spec = trial.config["job"]["trial"]
@@ -136,6 +137,11 @@ class MlflowDriverCallback(tune.Callback):
             f"[{self.done}/{self.total} trials done] trial {spec['index']} ({spec['strategy']['name']}, "
             f"seed {spec['seed']}): experience {result['experience'] + 1}/{result['experiences_total']}, "
             f"seen accuracy {result['seen_acc']:.3f}")
+
+    def _warn_fallback(self, spec: dict, result: dict) -> None:
+        if spec["resources"]["gpu"] > 0 and result.get("device") == "cpu":
+            self.progress(f"warning: trial {spec['index']} asked for a GPU but CUDA is not available on "
+                          f"node {result.get('node_id')}: it runs on the CPU")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.progress(f"trial {trial.config['job']['trial']['index']} failed; retrying from its last checkpoint")
