@@ -38,6 +38,18 @@ from .babi import (
     read_babi_file,
 )
 from .babi_gen import GENERATED_TASKS, BabiGenConfig, generate_babi_lines, write_babi
+from .graph import (
+    QUERY_KINDS,
+    GraphBatch,
+    GraphConfig,
+    GraphTask,
+    graph_triples,
+    is_shortest_path,
+    random_labelled_graph,
+    sample_shortest_path,
+    sample_traversal,
+    traverse,
+)
 
 __all__ = [
     "SequenceBatch", "exact_match_accuracy",
@@ -47,4 +59,6 @@ __all__ = [
     "BabiQuestion", "BabiStory", "MemNetData", "SequenceData", "Vocabulary", "babi_file", "babi_root",
     "encode_memnet", "encode_sequence", "load_babi", "load_babi_task", "parse_babi", "questions_of",
     "read_babi_file", "GENERATED_TASKS", "BabiGenConfig", "generate_babi_lines", "write_babi",
+    "QUERY_KINDS", "GraphBatch", "GraphConfig", "GraphTask", "graph_triples", "is_shortest_path",
+    "random_labelled_graph", "sample_shortest_path", "sample_traversal", "traverse",
 ]

@@ -115,7 +115,7 @@ def test_sequence_learners_return_logits_and_train_on_copy():
     first = None
     for _ in range(30):
         loss = masked_bce_loss(lstm(batch.inputs), batch.targets, batch.mask)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else loss.item()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
