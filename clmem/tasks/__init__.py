@@ -50,6 +50,7 @@ from .graph import (
     sample_traversal,
     traverse,
 )
+from .logic import HornRule, LogicConfig, LogicProblem, LogicTask, entails, forward_chain
 
 __all__ = [
     "SequenceBatch", "exact_match_accuracy",
@@ -61,4 +62,5 @@ __all__ = [
     "read_babi_file", "GENERATED_TASKS", "BabiGenConfig", "generate_babi_lines", "write_babi",
     "QUERY_KINDS", "GraphBatch", "GraphConfig", "GraphTask", "graph_triples", "is_shortest_path",
     "random_labelled_graph", "sample_shortest_path", "sample_traversal", "traverse",
+    "HornRule", "LogicConfig", "LogicProblem", "LogicTask", "entails", "forward_chain",
 ]
