@@ -119,6 +119,6 @@ def test_sequence_learners_return_logits_and_train_on_copy():
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    assert float(loss) < first
+    assert loss.item() < first
     with pytest.raises(ValueError, match="sequence learner kind"):
         make_sequence_learner("gru", 2, 2)
