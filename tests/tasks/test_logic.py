@@ -54,3 +54,21 @@ def test_config_errors_name_the_field():
         LogicConfig(num_atoms=3, num_facts=3)
     with pytest.raises(ValueError, match="LogicConfig.max_body"):
         LogicConfig(num_atoms=3, max_body=3)
+
+
+def _entailed_by_truth_tables(facts, rules, query, num_atoms):
+    """Semantic entailment: the query holds in every model (assignment) satisfying the facts and rules."""
+    for bits in range(2 ** num_atoms):
+        true = {a for a in range(num_atoms) if bits >> a & 1}
+        if all(f in true for f in facts) and all(r.head in true or not set(r.body) <= true for r in rules):
+            if query not in true:
+                return False
+    return True
+
+
+def test_forward_chaining_agrees_with_truth_tables():
+    task = LogicTask(num_atoms=5, num_facts=1, num_rules=4, max_body=2, balanced=False, seed=7)
+    for _ in range(40):
+        p = task.sample_problem()
+        for atom in range(5):
+            assert entails(p.facts, p.rules, atom) == _entailed_by_truth_tables(p.facts, p.rules, atom, 5)
