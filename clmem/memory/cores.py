@@ -7,10 +7,12 @@ output ``y_t = clip(Linear([controller_out, r_t]))`` (as DeepMind's DNC). State 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Tuple, Union
+import math
+from typing import Any, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._validation import check_choice, check_int, check_positive_float
 from .controller import CONTROLLER_KINDS, Controller, ControllerState
@@ -21,7 +23,13 @@ from .ntm import NTMMemory, NTMMemoryConfig
 
 @dataclass(frozen=True)
 class CoreConfig:
-    """Shared core hyper-parameters; ``clip_value=None`` disables clipping of controller and core outputs."""
+    """Shared core hyper-parameters.
+
+    ``clip_value=None`` disables clipping of controller and core outputs. ``checkpoint_every`` trades compute for
+    memory when training: ``k >= 1`` recomputes the unroll in segments of ``k`` steps during backward
+    (``torch.utils.checkpoint``), ``0`` never does, ``None`` (default) decides per call: on for a DNC whose link
+    state ``B*H*N*N`` has at least 2**23 elements, with segments of ``ceil(sqrt(T))`` steps.
+    """
 
     input_size: int
     output_size: int
@@ -32,9 +40,12 @@ class CoreConfig:
     num_reads: int = 1
     num_writes: int = 1
     clip_value: Optional[float] = 20.0
+    checkpoint_every: Optional[int] = None
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
+        if self.checkpoint_every is not None:
+            check_int(owner, "checkpoint_every", self.checkpoint_every, 0)
         for field in ("input_size", "output_size", "hidden_size", "memory_size", "word_size", "num_reads",
                       "num_writes"):
             check_int(owner, field, getattr(self, field), 1)
@@ -113,6 +124,9 @@ def detach_state(state: Any) -> Any:
     return state
 
 
+AUTO_CHECKPOINT_ELEMENTS = 1 << 23
+
+
 class MemoryCore(nn.Module):
     """Base class: controller + memory module; subclasses set ``config_class`` and ``memory_class``."""
 
@@ -170,16 +184,46 @@ class MemoryCore(nn.Module):
                              f"{self.config.input_size}], got {tuple(x.shape)}")
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        segment = self.checkpoint_segment(x, state)
+        if segment is None:
+            y, state, memory_states = self._unroll(x, state, return_trace)
+        else:
+            pieces, memory_states = [], []
+            for start in range(0, x.shape[1], segment):
+                y_part, state, states_part = checkpoint(
+                    self._unroll, x[:, start : start + segment], state, return_trace,
+                    use_reentrant=False, preserve_rng_state=False,
+                )
+                pieces.append(y_part)
+                memory_states.extend(states_part)
+            y = torch.cat(pieces, dim=1)
+        if not return_trace:
+            return y, state
+        return y, state, self._trace(memory_states)
+
+    def _unroll(self, x: Tensor, state: CoreState, record: bool) -> Tuple[Tensor, CoreState, List[Any]]:
+        """Run ``step`` over ``x [B, T, D]``; returns outputs, final state and (if ``record``) detached memory
+        states."""
         outputs, memory_states = [], []
         for t in range(x.shape[1]):
             y_t, state = self.step(x[:, t], state)
             outputs.append(y_t)
-            if return_trace:
+            if record:
                 memory_states.append(detach_state(state.memory_state))
-        y = torch.stack(outputs, dim=1)
-        if not return_trace:
-            return y, state
-        return y, state, self._trace(memory_states)
+        return torch.stack(outputs, dim=1), state, memory_states
+
+    def checkpoint_segment(self, x: Tensor, state: CoreState) -> Optional[int]:
+        """Segment length ``forward`` uses for gradient checkpointing on ``x [B, T, D]`` from ``state``, or ``None``
+        for a plain unroll (see ``CoreConfig.checkpoint_every``)."""
+        every = self.config.checkpoint_every
+        if every == 0 or not torch.is_grad_enabled() or x.shape[1] < 2:
+            return None
+        if every is not None:
+            return every
+        link = getattr(state.memory_state, "link", None)
+        if link is None or link.numel() < AUTO_CHECKPOINT_ELEMENTS:
+            return None
+        return math.ceil(math.sqrt(x.shape[1]))
 
     @staticmethod
     def _trace(memory_states: list) -> CoreTrace:

@@ -177,3 +177,31 @@ def test_controller_public_api(kind):
     assert next_state.hidden.shape == (3, size)
     with pytest.raises(ValueError, match="ControllerConfig.kind"):
         ControllerConfig(input_size=4, kind="rnn")
+
+
+@pytest.mark.parametrize("cls", CORES)
+def test_checkpointed_unroll_matches_plain_unroll(cls):
+    plain = make_core(cls, seed=5, checkpoint_every=0).double()
+    chunked = make_core(cls, seed=5, checkpoint_every=2).double()
+    x = inputs(2, 5, seed=6, dtype=F64)
+    results = []
+    for core in (plain, chunked):
+        y, state, trace = core(x, return_trace=True)
+        (y.pow(2).sum() + state.memory_state.memory.sum()).backward()
+        results.append((y, trace.read_weights, [p.grad for p in core.parameters()]))
+    (y0, r0, g0), (y1, r1, g1) = results
+    assert torch.allclose(y0, y1) and torch.allclose(r0, r1)
+    assert all(torch.allclose(a, b) for a, b in zip(g0, g1))
+
+
+def test_checkpoint_every_validation_and_auto_policy():
+    with pytest.raises(ValueError, match="DNCCoreConfig.checkpoint_every: expected an int >= 0, got -1"):
+        DNCCoreConfig(**{**SMALL, "checkpoint_every": -1})
+    core = make_core(DNCCore)
+    x = inputs(2, 9)
+    state = core.initial_state(2)
+    assert core.checkpoint_segment(x, state) is None  # small link: plain unroll
+    big = make_core(DNCCore, memory_size=1024, num_writes=8)  # 2*8*1024*1024 = 2**24 link elements
+    assert big.checkpoint_segment(x, big.initial_state(2)) == 3
+    with torch.no_grad():
+        assert big.checkpoint_segment(x, big.initial_state(2)) is None
