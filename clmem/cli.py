@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--run-id", help="parent run of the grid (default: the latest grid)")
     cmp_.add_argument("--format", choices=("text", "md", "csv"), default="text")
     cmp_.add_argument("--output", help="also write the table to this file")
+    cmp_.add_argument("--plots", metavar="DIR", help="write plots (R heatmaps, curves, ACC/BWT bars) here "
+                                                     "and log them to the grid's parent run")
     cmp_.add_argument("--tracking-uri", help=uri_help)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the same store")
@@ -141,6 +143,7 @@ def cmd_grid(args) -> int:
     parent, failed = run_grid(experiment, tracker, args.address, args.max_concurrent,
                               progress=lambda line: print(line, flush=True), resume=args.resume)
     print()
+    _log_grid_plots(tracker, parent)
     _print_comparison(tracker, experiment.name, parent, "ACC")
     print(f"\ntracked in {tracker.uri} (parent run {parent}); look at it with: "
           f"clmem ui --tracking-uri {tracker.uri}")
@@ -151,7 +154,7 @@ def cmd_grid(args) -> int:
 
 
 def _print_comparison(tracker, name: str, run_id: str | None, metric: str, fmt: str = "text",
-                      output: str | None = None) -> int:
+                      output: str | None = None, plots_dir: str | None = None) -> int:
     from clmem.compare import COLUMNS, format_table, group_rows, sort_rows
     from clmem.tracking import parse_axes, runs_table
 
@@ -173,14 +176,28 @@ def _print_comparison(tracker, name: str, run_id: str | None, metric: str, fmt: 
     if output:
         Path(output).write_text(table)
         print(f"written to {output}")
+    if plots_dir:
+        from clmem.report import export_plots
+
+        files = export_plots(tracker, parent, plots_dir)
+        print(f"{len(files)} plots written to {plots_dir} and logged to run {parent.info.run_id} (plots/)")
     return 0
+
+
+def _log_grid_plots(tracker, parent_id: str) -> None:
+    import tempfile
+
+    from clmem.report import export_plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_plots(tracker, tracker.client.get_run(parent_id), tmp)
 
 
 def cmd_compare(args) -> int:
     from clmem.tracking import Tracker
 
     return _print_comparison(Tracker(args.tracking_uri), args.name, args.run_id, args.metric,
-                             args.format, args.output)
+                             args.format, args.output, args.plots)
 
 
 def cmd_ui(args) -> int:

@@ -8,11 +8,7 @@ import numpy as np
 
 def accuracy_heatmap(R, path: str | Path, title: str = "accuracy matrix R[i][j]") -> Path:
     """Heatmap of ``R`` (rows: trained up to experience i; columns: tested on experience j)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     m = np.asarray(R, dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * m.shape[1], 0.8 + 0.6 * m.shape[0]))
     image = ax.imshow(m, vmin=0.0, vmax=max(1.0, float(m.max())), cmap="viridis")
@@ -30,3 +26,79 @@ def accuracy_heatmap(R, path: str | Path, title: str = "accuracy matrix R[i][j]"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_by_experience(curves: dict[str, np.ndarray], ylabel: str, path: str | Path) -> Path:
+    """Mean ± sd over seeds of a per-experience metric, one line per group.
+
+    ``curves[label]`` is ``[seeds, T]`` (NaN where a seed has no value).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in curves.items():
+        values = np.atleast_2d(np.asarray(values, dtype=float))
+        mean, sd = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        steps = np.arange(1, values.shape[1] + 1)
+        ax.plot(steps, mean, marker="o", label=label)
+        ax.fill_between(steps, mean - sd, mean + sd, alpha=0.2)
+    ax.set_xticks(np.arange(1, max(np.atleast_2d(v).shape[1] for v in curves.values()) + 1))
+    ax.set_xlabel("after training on experience")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def summary_bars(groups: dict[str, dict[str, tuple[float, float]]], metrics: tuple[str, ...],
+                 path: str | Path) -> Path:
+    """Grouped bars of ``metrics`` (e.g. ACC, BWT) per group with ± sd error bars over seeds."""
+    plt = _pyplot()
+    labels = list(groups)
+    width = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels), 4))
+    x = np.arange(len(labels))
+    for k, metric in enumerate(metrics):
+        means = [groups[g][metric][0] for g in labels]
+        sds = [groups[g][metric][1] for g in labels]
+        ax.bar(x + (k - (len(metrics) - 1) / 2) * width, means, width, yerr=sds, capsize=3, label=metric)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def memory_heatmaps(usage, read_weights, write_weights, path: str | Path) -> Path:
+    """Memory access over time for one sequence: usage ``[T, N]``, read weights ``[T, R, N]``
+    (summed over heads R) and write weights ``[T, H, N]`` (summed over heads H)."""
+    plt = _pyplot()
+    panels = [("usage", np.asarray(usage, dtype=float)),
+              ("read weights (sum over heads)", np.asarray(read_weights, dtype=float).sum(axis=1)),
+              ("write weights (sum over heads)", np.asarray(write_weights, dtype=float).sum(axis=1))]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for ax, (title, data) in zip(axes, panels):
+        image = ax.imshow(data.T, aspect="auto", origin="lower", cmap="magma")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("time step t")
+        ax.set_ylabel("memory slot n")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -47,6 +47,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.uri)
 

@@ -43,6 +43,9 @@ def test_grid_on_ray_logs_parent_and_children(tmp_path, monkeypatch, capsys):
     assert parent.info.status == "FINISHED"
     assert json.loads(parent.data.tags["clmem.axes"]) == ["strategy.name"]
     assert "experiment.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/R_naive.png", "plots/R_replay.png", "plots/seen_acc_by_experience.png",
+                     "plots/forgetting_at_step_by_experience.png", "plots/acc_bwt_bars.png"}
     children = children_of(client, parent)
     assert len(children) == 4
     combos = sorted((c.data.params["strategy.name"], c.data.params["seed"]) for c in children)
@@ -63,7 +66,13 @@ def test_grid_on_ray_logs_parent_and_children(tmp_path, monkeypatch, capsys):
     assert by_strategy["replay"] > by_strategy["naive"]
 
     assert main(["compare", "e2e", "--tracking-uri", uri, "--format", "md",
-                 "--output", str(tmp_path / "cmp.md")]) == 0
+                 "--output", str(tmp_path / "cmp.md"), "--plots", str(tmp_path / "plots")]) == 0
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 5
+    assert main(["compare", "e2e", "--tracking-uri", uri, "--format", "csv", "--metric", "Forgetting",
+                 "--output", str(tmp_path / "cmp.csv")]) == 0
+    csv_lines = (tmp_path / "cmp.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("strategy,seeds,ACC_mean,ACC_sd,BWT_mean")
+    assert csv_lines[1].startswith("replay,2,")  # least forgetting first
     table = (tmp_path / "cmp.md").read_text()
     assert table.startswith("| strategy | seeds | ACC | BWT | FWT | Forgetting | wall_time_s |")
     assert table.index("| replay |") < table.index("| naive |")  # sorted by ACC, best first
