@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -53,7 +54,8 @@ def maxrss_mib() -> float:
 def time_training(step: Callable[[int], None], min_iters: int, max_iters: int, budget_s: float,
                   warmup: int = 1) -> Dict[str, float]:
     """Run ``warmup`` untimed then between ``min_iters`` and ``max_iters`` timed iterations (stop after
-    ``budget_s`` seconds once ``min_iters`` are done). Returns iterations, seconds and seconds per iteration."""
+    ``budget_s`` seconds once ``min_iters`` are done). Returns iterations, seconds and the median (reported:
+    robust to other processes on a shared machine), mean and minimum seconds per iteration."""
     for i in range(warmup):
         step(i)
     times: List[float] = []
@@ -63,8 +65,8 @@ def time_training(step: Callable[[int], None], min_iters: int, max_iters: int, b
         step(warmup + len(times))
         times.append(time.perf_counter() - t0)
     total = sum(times)
-    return {"iterations": len(times), "seconds": total, "seconds_per_iteration": total / len(times),
-            "min_seconds_per_iteration": min(times)}
+    return {"iterations": len(times), "seconds": total, "mean_seconds_per_iteration": total / len(times),
+            "seconds_per_iteration": statistics.median(times), "min_seconds_per_iteration": min(times)}
 
 
 def train_step_fn(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],

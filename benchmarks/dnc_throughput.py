@@ -88,7 +88,8 @@ def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
     by = {(r["impl"], r["N"]): r for r in records}
     lines = ["# DNC training throughput: clmem `DNCCore` vs pytorch-dnc 1.1.0", "",
              f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, length {H.LENGTH} "
-             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per row. "
+             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per row; "
+             "throughput from the median iteration time. "
              "Peak memory = peak RSS minus RSS after imports (MiB).", "",
              "| N | clmem seq/s | peer seq/s | speed ratio clmem/peer | clmem peak MiB | peer peak MiB "
              "| memory ratio clmem/peer | iterations (clmem, peer) |", "|---|---|---|---|---|---|---|---|"]

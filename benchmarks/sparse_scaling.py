@@ -42,7 +42,8 @@ def build_for(spec: Dict[str, Any]) -> Callable[[], Any]:
 def markdown(records: List[Dict[str, Any]], sizes: List[int]) -> str:
     lines = ["# SparseDNCCore scaling with memory size (K = 4)", "",
              f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, {H.STEPS} steps; "
-             "forward + backward + Adam; one process per row. nlist = 1 is exact k-NN, otherwise FAISS IVF with "
+             "forward + backward + Adam; one process per row; throughput from the median iteration time. "
+             "nlist = 1 is exact k-NN, otherwise FAISS IVF with "
              "`nprobe` lists scanned. Peak memory = peak RSS minus RSS after imports.", "",
              "| buffers | N | nlist / nprobe | seq/s | ms / sequence | time ratio vs N=1024 | peak MiB | iterations |",
              "|---|---|---|---|---|---|---|---|"]

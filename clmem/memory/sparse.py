@@ -12,12 +12,17 @@ One step (``SparseMemory.step``), writing before reading as in the DNC:
 2. **Read**: the FAISS index returns the K candidate slots per read key (``_knn`` — the only non-differentiable
    step: its output is a set of integer indices, fixed for a given input); the K rows are gathered and
    ``w^R = softmax_K(beta * cos(k, M[i]))``, ``r = sum_K w^R M[i]``.
+   With ``use_links=True`` (``clmem.memory.sparse_links``) the read weights mix DNC read modes,
+   ``pi_b L^T w^R_{t-1} + pi_c c + pi_f L w^R_{t-1}`` over sparse supports, keeping the K strongest slots.
 3. **Usage** is the last access time (SAM's U^(2)): slots whose read or write weight exceeds ``delta``
    (``usage_threshold``) get the current time step.
 
+Non-differentiable parts (fixed for a given input, like an argmax): the k-NN search in ``SparseMemory._knn``, the
+least-used slot (``least_used``), usage, and the link values; everything else is torch autograd.
+
 Gradients: the memory buffer ``[B, N, W]`` is *not* an autograd node. Rows written since the last
 ``detach_state`` are kept differentiable in ``state.pool [P, W]`` and ``store.last_writer [B, N]`` says which pool
-row holds the current value of a slot; gathers read the pool (or the initial memory) so autograd only sees the
+row (plus one; 0 = none) holds the current value of a slot; gathers read the pool (or the initial memory) so autograd only sees the
 touched rows and every untouched row receives an exactly-zero gradient.
 
 State: ``SparseMemoryState`` is an immutable NamedTuple, but, like the FAISS index it carries, the memory buffer
@@ -64,19 +69,30 @@ __all__ = [
 ]
 
 
+def lazy_zeros(shape: Tuple[int, ...], dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
+    """Zero tensor; on CPU backed by ``numpy.zeros`` (calloc: pages are mapped on first write, so an O(B N) buffer
+    costs O(touched rows) instead of a full memset)."""
+    if torch.empty(0, device=device).device.type != "cpu" or dtype not in _NUMPY_DTYPES:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.long: np.int64}
+
+
 class SparseStore:
     """Mutable per-sequence buffers shared along a chain of states (see module docstring).
 
-    ``memory [B, N, W]`` (no autograd), ``usage [B, N]`` last access times (long), ``last_writer [B, N]`` pool row
-    holding the differentiable current value of a slot (-1: none), ``base`` the initial memory when it requires
+    ``memory [B, N, W]`` (no autograd), ``usage [B, N]`` last access times (long), ``last_writer [B, N]`` 1 + the
+    pool row holding the differentiable current value of a slot (0: none), ``base`` the initial memory when it requires
     grad, ``indexes`` one ``SlotIndex`` per batch element, ``version`` bumped on every step/detach.
     """
 
     def __init__(self, memory: Tensor, indexes: List[SlotIndex], base: Optional[Tensor]) -> None:
         batch, slots, _ = memory.shape
         self.memory = memory
-        self.usage = torch.zeros(batch, slots, dtype=torch.long, device=memory.device)
-        self.last_writer = torch.full((batch, slots), -1, dtype=torch.long, device=memory.device)
+        self.usage = lazy_zeros((batch, slots), torch.long, memory.device)
+        self.last_writer = lazy_zeros((batch, slots), torch.long, memory.device)
         self.base = base
         self.indexes = indexes
         self.version = 0
@@ -90,7 +106,7 @@ class SparseStore:
             self.memory[b, torch.from_numpy(index.dirty_ids()).to(self.memory.device)] = 0.0
             index.clear()
         store = SparseStore.__new__(SparseStore)
-        store.memory, store.usage, store.last_writer = self.memory, self.usage.zero_(), self.last_writer.fill_(-1)
+        store.memory, store.usage, store.last_writer = self.memory, self.usage.zero_(), self.last_writer.zero_()
         store.base, store.indexes, store.version, store.links = None, self.indexes, 0, self.links
         if store.links is not None:
             clear_links(store.links)
@@ -126,7 +142,7 @@ def gather_rows(store: SparseStore, pool: Tensor, slots: Tensor) -> Tensor:
     if pool.shape[0] == 0:
         return rows
     position = store.last_writer[batch, slots]
-    return torch.where((position >= 0).unsqueeze(-1), pool[position.clamp(min=0)], rows)
+    return torch.where((position > 0).unsqueeze(-1), pool[(position - 1).clamp(min=0)], rows)
 
 
 def touch(usage: Tensor, slots: Tensor, accessed: Tensor, time: int) -> None:
@@ -197,7 +213,7 @@ class SparseMemory(nn.Module):
                 and memory.device == torch.empty(0, device=device).device):
             store = previous.recycled()
         else:
-            buffer = torch.zeros(shape, device=device, dtype=dtype)
+            buffer = lazy_zeros(shape, dtype, device)
             store = SparseStore(buffer, [self._new_index(None) for _ in range(shape[0])], None)
         if self.config.recycle_buffers:
             self._previous_store = store
@@ -234,7 +250,7 @@ class SparseMemory(nn.Module):
         """In place, O(J): copy written rows into the buffer, the pool map and the FAISS indexes."""
         batch = _batch_index(slots)
         store.memory[batch, slots] = rows
-        store.last_writer[batch, slots] = positions
+        store.last_writer[batch, slots] = positions + 1
         slots_np = slots.cpu().numpy()
         unit_rows = normalise_rows(rows.reshape(-1, rows.shape[-1]).cpu().numpy()).reshape(rows.shape)
         for b, index in enumerate(store.indexes):
@@ -286,7 +302,7 @@ class SparseMemory(nn.Module):
         """Cut the graph (truncated BPTT): empties the pool; the buffer already holds the current values."""
         SparseMemory._check_current(state)
         store = state.store
-        store.last_writer.fill_(-1)
+        store.last_writer.zero_()
         store.base = None
         store.version += 1
         return state._replace(pool=state.pool[:0].detach(), read_words=state.read_words.detach(),

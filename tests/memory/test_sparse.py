@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -29,12 +31,13 @@ def _memory(seed: int, dtype=torch.float64, requires_grad: bool = False) -> torc
     return torch.randn(B, N, W, generator=gen, dtype=dtype).requires_grad_(requires_grad)
 
 
-@pytest.mark.parametrize("heads", [1, 2])
-def test_k_equal_n_matches_dense_reference(heads):
+@pytest.mark.parametrize(("heads", "zero_init"), [(1, False), (2, False), (1, True)])
+def test_k_equal_n_matches_dense_reference(heads, zero_init):
     cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, num_writes=heads, k_neighbours=N)
     memory = SparseMemory(cfg)
-    m0 = _memory(0)
-    sparse_state, dense_state = memory.initial_state(B, memory=m0), dense_initial_state(m0, R)
+    m0 = torch.zeros(B, N, W, dtype=torch.float64) if zero_init else _memory(0)
+    sparse_state = memory.initial_state(B, dtype=torch.float64) if zero_init else memory.initial_state(B, memory=m0)
+    dense_state = dense_initial_state(m0, R)
     for interface in _interfaces(cfg, steps=5, seed=1):
         sparse_reads, sparse_state = memory.step(interface, sparse_state)
         dense_reads, dense_state = dense_memory_step(interface, dense_state, cfg)
@@ -60,6 +63,22 @@ def test_index_is_updated_incrementally_and_finds_new_row():
                 scores = torch.nn.functional.cosine_similarity(state.store.memory[b], state.store.memory[b, slot])
                 top = index.search(query, 1)[0, 0]
                 assert scores[top] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_slot_index_ranks_implicit_zero_rows_at_cosine_zero():
+    from clmem.memory.sparse_index import SlotIndex
+
+    index = SlotIndex(dim=W)
+    index.build(None, size=N)
+    assert index.ntotal == 0 and index.size == N
+    query = torch.tensor([[1.0, 0.0, 0.0]]).numpy()
+    assert index.search(query, 3).tolist() == [[0, 1, 2]]  # ties among zero rows: lowest slots first
+    index.update(torch.tensor([5, 1]).numpy(), torch.tensor([[2.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]).numpy())
+    assert index.ntotal == 2 and index.n_updated_rows == 2
+    assert index.search(query, 3).tolist() == [[5, 0, 2]]  # positive, then zero rows, before the negative row
+    assert index.search(query, N).tolist() == [[5, 0, 2, 3, 4, 6, 1]]
+    index.clear()
+    assert index.ntotal == 0 and index.search(query, 2).tolist() == [[0, 1]]
 
 
 def test_gradients_reach_only_touched_rows():
@@ -163,6 +182,13 @@ def test_config_validation(kwargs, field):
         SparseMemoryConfig(**args)
 
 
+def test_missing_faiss_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
+    memory = SparseMemory(SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, k_neighbours=K))
+    with pytest.raises(ImportError, match=r"^faiss is not installed: pip install 'clmem\[cpu\]'"):
+        memory.initial_state(B)
+
+
 def test_approximate_index_for_large_memory():
     cfg = SparseMemoryConfig(memory_size=5000, word_size=W, num_reads=R, k_neighbours=K, nprobe=4)
     assert cfg.resolved_nlist == 71
@@ -170,9 +196,13 @@ def test_approximate_index_for_large_memory():
     state = memory.initial_state(1)
     interfaces = _interfaces(SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R), steps=3, seed=11,
                              dtype=torch.float32)
+    written = set()
     for interface in interfaces:
         _, state = memory.step(interface._replace(**{f: v[:1] for f, v in interface._asdict().items() if v is not None}), state)
-    assert state.store.indexes[0].ntotal == 5000
+        written |= set(state.write_indices[0].tolist())
+    index = state.store.indexes[0]
+    assert index.size == 5000 and index.n_builds == 1  # zero rows are implicit: FAISS holds the written rows only
+    assert index.ntotal == len(written) <= 3 * (R * K + 1)
     assert state.read_indices.shape == (1, R, K)
     assert torch.all(state.read_indices >= 0) and torch.all(state.read_indices < 5000)
 
