@@ -279,3 +279,33 @@ def test_missing_faiss_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r"pip install 'clmem\[cpu\]'"):
         EpisodicStore(EpisodicStoreConfig(dim=4, capacity=10))
+
+
+def _faiss_gpu_present() -> bool:
+    """True when FAISS has GPU support and sees a GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@pytest.mark.skipif(_faiss_gpu_present(), reason="checks the CPU-only fallback")
+def test_device_resolution_without_gpu() -> None:
+    assert EpisodicStore(EpisodicStoreConfig(dim=4, capacity=10, device="auto")).device == "cpu"
+    with pytest.raises(RuntimeError, match="device='cuda' cannot be honoured") as err:
+        EpisodicStore(EpisodicStoreConfig(dim=4, capacity=10, device="cuda"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _faiss_gpu_present(), reason="needs faiss-gpu and a CUDA device")
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_gpu_search_matches_cpu(index: str) -> None:
+    stores = [EpisodicStore(EpisodicStoreConfig(dim=16, capacity=900, index=index, nlist=4, nprobe=4, device=d))
+              for d in ("cpu", "cuda")]
+    base, queries = _data(80, 817, 16), _data(81, 21, 16)
+    for store in stores:
+        store.add(base)
+        store.remove(torch.arange(0, 817, 5))
+        store.add(base[:40])
+    assert stores[1].device == "cuda"
+    assert torch.equal(stores[0].search(queries, 6)[1], stores[1].search(queries, 6)[1])
