@@ -31,13 +31,23 @@ MNIST_FILES = (
 
 
 class Stream(NamedTuple):
-    """An Avalanche benchmark plus what a model and the metrics need to know about it."""
+    """An Avalanche benchmark plus what a model and the metrics need to know about it.
+
+    ``metric`` names the score that fills R; ``metric_prefix`` is the Avalanche metric-name prefix
+    of its per-experience values (``<prefix>/eval_phase/test_stream/[TaskNNN/]ExpNNN``) and
+    ``eval_metrics`` a factory of the extra Avalanche ``PluginMetric`` s that produce it (None:
+    Avalanche's top-1 accuracy). Error-type scores set ``higher_is_better=False``. ``criterion``
+    is a factory of the training loss (None: cross-entropy).
+    """
 
     benchmark: Any
     input_shape: tuple[int, ...]
     num_classes: int
     metric: str = "accuracy"
     higher_is_better: bool = True
+    metric_prefix: str = "Top1_Acc_Exp"
+    eval_metrics: Any = None
+    criterion: Any = None
 
 
 class _LabelledTensors(TensorDataset):

@@ -86,9 +86,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from clmem.benchmarks import BENCHMARKS
-    from clmem.models import MODELS
-    from strategies.registry import STRATEGIES
+    from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES
 
     for registry in (BENCHMARKS, MODELS, STRATEGIES):
         print(f"{registry.kind}s:")

@@ -30,11 +30,9 @@ from typing import Any
 
 import yaml
 
-from clmem.benchmarks import BENCHMARKS
-from clmem.models import MODELS
+from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES, TRAINING_OPTIONS
 from clmem.options import ConfigError, Opt, defaults
 from clmem.registry import Registry
-from strategies.registry import STRATEGIES, TRAINING_OPTIONS
 
 TOP_LEVEL = ("name", "description", "benchmark", "model", "strategy", "seeds", "resources",
              "tracking_uri", "max_failures")

@@ -125,7 +125,7 @@ class MlflowDriverCallback(tune.Callback):
             return  # already logged by an earlier attempt
         if self.last_step[run_id] == -1 or "resumed_from" in result:
             tags = {"clmem.node_id": result.get("node_id"), "clmem.worker_pid": result.get("worker_pid"),
-                    "clmem.device": result.get("device")}
+                    "clmem.device": result.get("device"), "clmem.metric": result.get("metric")}
             if "resumed_from" in result:
                 tags["clmem.resumed_from"] = result["resumed_from"]
             self.tracker.set_tags(run_id, tags)

@@ -15,12 +15,11 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from clmem import metrics
-from clmem.benchmarks import Stream, build_stream
+from clmem import catalog, metrics
+from clmem.benchmarks import Stream
 from clmem.models import build_model
 
 SUMMARY_KEYS = ("ACC", "BWT", "FWT", "Forgetting", "AIA", "wall_time_s")
-_EXP_ACC = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
 _OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay")
 
 
@@ -56,27 +55,33 @@ def make_optimizer(params, optimizer: str, lr: float, momentum: float, weight_de
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def make_evaluator():
-    """Avalanche's own accuracy, forgetting and BWT metrics (no loggers: clmem logs itself)."""
+def make_evaluator(stream: Stream | None = None):
+    """Avalanche's accuracy, forgetting and BWT metrics plus the stream's own (no loggers)."""
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
     from avalanche.training.plugins import EvaluationPlugin
 
+    extra = list(stream.eval_metrics()) if stream is not None and stream.eval_metrics else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return EvaluationPlugin(
             accuracy_metrics(experience=True, stream=True),
             forgetting_metrics(experience=True, stream=True),
             bwt_metrics(experience=True, stream=True),
+            *extra,
             loggers=[],
         )
 
 
-def evaluate_row(strategy, test_stream) -> tuple[list[float], dict]:
-    """Evaluate on every test experience: (accuracy per experience in order, all metric values)."""
+def evaluate_row(strategy, test_stream, prefix: str = "Top1_Acc_Exp") -> tuple[list[float], dict]:
+    """Evaluate on every test experience: (score per experience in order, all metric values).
+
+    The score of experience ``j`` is the Avalanche metric ``<prefix>/eval_phase/test_stream/…/Exp<j>``.
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
     results = strategy.eval(test_stream)
-    row = {int(m.group(1)): float(v) for k, v in results.items() if (m := _EXP_ACC.match(k))}
+    row = {int(m.group(1)): float(v) for k, v in results.items() if (m := pattern.match(k))}
     if sorted(row) != list(range(len(test_stream))):
-        raise RuntimeError(f"evaluation returned accuracies for experiences {sorted(row)}")
+        raise RuntimeError(f"evaluation returned {prefix} for experiences {sorted(row)}")
     return [row[j] for j in range(len(test_stream))], results
 
 
@@ -89,7 +94,8 @@ def build_strategy(trial: dict, stream: Stream, device: str):
     sopts = {k: v for k, v in trial["strategy"].items() if k != "name"}
     optimizer = make_optimizer(model.parameters(), *(sopts.pop(k) for k in _OPTIMIZER_KEYS))
     return create_strategy(trial["strategy"]["name"], model=model, optimizer=optimizer,
-                           criterion=torch.nn.CrossEntropyLoss(), evaluator=make_evaluator(),
+                           criterion=stream.criterion() if stream.criterion else torch.nn.CrossEntropyLoss(),
+                           evaluator=make_evaluator(stream),
                            device=device, **sopts)
 
 
@@ -132,18 +138,18 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
     seed_everything(trial["seed"])
     device = pick_device(trial["resources"]["gpu"])
     bench_opts = {k: v for k, v in trial["benchmark"].items() if k != "name"}
-    stream = build_stream(trial["benchmark"]["name"], trial["seed"], **bench_opts)
+    stream = catalog.BENCHMARKS.get(trial["benchmark"]["name"]).builder(trial["seed"], **bench_opts)
     strategy = build_strategy(trial, stream, device)
     resumable, why = resumability(strategy)
     train_stream, test_stream = stream.benchmark.train_stream, stream.benchmark.test_stream
     start = time.perf_counter()  # wall time: evaluation at init, training and evaluations
-    first, R, b, elapsed, extra = _starting_point(strategy, test_stream, resume, why)
-    extra["device"] = device
+    first, R, b, elapsed, extra = _starting_point(strategy, stream, resume, why)
+    extra.update(device=device, metric=stream.metric)
     summary, avl = None, {}
     for i in range(first, len(train_stream)):
         t0 = time.perf_counter()
         strategy.train(train_stream[i])
-        row, results = evaluate_row(strategy, test_stream)
+        row, results = evaluate_row(strategy, test_stream, stream.metric_prefix)
         R.append(row)
         report = _step_report(i, len(train_stream), R, b, time.perf_counter() - t0, stream)
         report.update(extra)
@@ -163,7 +169,7 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
     return TrialResult(R, b, summary, avl)
 
 
-def _starting_point(strategy, test_stream, resume: dict | None, why: str):
+def _starting_point(strategy, stream: Stream, resume: dict | None, why: str):
     """(first experience, R rows, b, elapsed seconds, report extras) for a fresh or resumed trial."""
     from strategies.checkpoint import load_strategy_state
 
@@ -174,7 +180,7 @@ def _starting_point(strategy, test_stream, resume: dict | None, why: str):
         return resume["experience"] + 1, resume["R"], resume["b"], resume["elapsed"], extra
     if resume is not None:
         warnings.warn(f"restarting trial from its first experience: {why or 'no saved state'}")
-    b, _ = evaluate_row(strategy, test_stream)
+    b, _ = evaluate_row(strategy, stream.benchmark.test_stream, stream.metric_prefix)
     return 0, [], b, 0.0, ({"resumed_from": -1} if resume is not None else {})
 
 
