@@ -21,13 +21,15 @@ Non-differentiable parts (fixed for a given input, like an argmax): the k-NN sea
 least-used slot (``least_used``), usage, and the link values; everything else is torch autograd.
 
 Gradients: the memory buffer ``[B, N, W]`` is *not* an autograd node. Rows written since the last
-``detach_state`` are kept differentiable in ``state.pool [P, W]`` and ``store.last_writer [B, N]`` says which pool
-row (plus one; 0 = none) holds the current value of a slot; gathers read the pool (or the initial memory) so autograd only sees the
-touched rows and every untouched row receives an exactly-zero gradient.
+``detach_state`` are kept differentiable in ``state.pool [P, W]``, and ``store.last_writer [B, N]`` says which pool
+row (plus one; 0 = none) holds the current value of a slot; gathers read the pool (or the initial memory), so
+autograd only sees the touched rows and every untouched row receives an exactly-zero gradient.
 
 State: ``SparseMemoryState`` is an immutable NamedTuple, but, like the FAISS index it carries, the memory buffer
 is updated in place (O(K) per step, never O(N)); states are therefore *linear*: only the most recent state of a
-sequence may be stepped (a stale state raises). ``initial_state`` builds fresh buffers and indexes.
+sequence may be stepped (a stale state raises). ``initial_state`` builds fresh buffers (zero pages mapped lazily)
+and indexes whose zero rows are implicit, in O(B) rather than O(B N) (or recycles the previous sequence's ones,
+``recycle_buffers=True``).
 
 ``dense_memory_step`` is the dense reference (same maths over all N slots); with ``k_neighbours == memory_size``
 and an exact index the sparse reads equal the dense ones.
@@ -200,7 +202,8 @@ class SparseMemory(nn.Module):
         write_indices = torch.cat([read_indices.reshape(batch_size, -1),
                                    torch.arange(h, device=buffer.device).expand(batch_size, h)], dim=-1)
         return SparseMemoryState(
-            store=store, pool=buffer.new_zeros(0, cfg.word_size), read_words=buffer.new_zeros(batch_size, r, cfg.word_size),
+            store=store, pool=buffer.new_zeros(0, cfg.word_size),
+            read_words=buffer.new_zeros(batch_size, r, cfg.word_size),
             read_weights=buffer.new_zeros(batch_size, r, k), read_indices=read_indices.clone(),
             write_weights=buffer.new_zeros(batch_size, h, r * k + h), write_indices=write_indices, time=0, version=0)
 

@@ -152,8 +152,8 @@ def least_used(usage: Tensor, count: int) -> Tensor:
 
 
 def sparse_write_weights(prev_read_weights: Tensor, write_gates: Tensor, interpolation_gates: Tensor) -> Tensor:
-    """``w^W`` over the J = R*K + H entries ``[prev read slots..., LRU_1..LRU_H]``: ``[B, R, K]``, ``[B, H]``, ``[B, H]``
-    -> ``[B, H, J]``; entry ``R*K + h`` is head h's own least-used slot."""
+    """``w^W`` over the J = R*K + H entries ``[prev read slots..., LRU_1..LRU_H]``:
+    ``[B, R, K]``, ``[B, H]``, ``[B, H]`` -> ``[B, H, J]``; entry ``R*K + h`` is head h's own least-used slot."""
     batch, reads, _ = prev_read_weights.shape
     heads = write_gates.shape[-1]
     previous = prev_read_weights.reshape(batch, 1, -1) / reads  # mean over read heads, once summed per slot

@@ -198,7 +198,8 @@ def test_approximate_index_for_large_memory():
                              dtype=torch.float32)
     written = set()
     for interface in interfaces:
-        _, state = memory.step(interface._replace(**{f: v[:1] for f, v in interface._asdict().items() if v is not None}), state)
+        first_row = {f: v[:1] for f, v in interface._asdict().items() if v is not None}
+        _, state = memory.step(interface._replace(**first_row), state)
         written |= set(state.write_indices[0].tolist())
     index = state.store.indexes[0]
     assert index.size == 5000 and index.n_builds == 1  # zero rows are implicit: FAISS holds the written rows only
