@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._content import ContentWeights
 from .linkage import directional_read_weights, temporal_link_step, update_link, update_precedence
 
 EPSILON = 1e-6
@@ -84,8 +85,7 @@ def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, eps: float 
     Returns:
         ``[B, H, N]`` weights, each row summing to 1.
     """
-    similarity = cosine_similarity(memory, keys, eps)
-    return torch.softmax(similarity * strengths.unsqueeze(-1), dim=-1)
+    return ContentWeights.apply(memory, keys, strengths, eps)  # fused; equals softmax(cosine_similarity * beta)
 
 
 def read_memory(memory: Tensor, read_weights: Tensor) -> Tensor:

@@ -30,22 +30,32 @@ def _chunks(num_matrices: int, matrix_elements: int) -> Iterator[slice]:
         yield slice(start, min(start + step, num_matrices))
 
 
+def _one_minus_outer_sum(write_weights: Tensor) -> Tensor:
+    """``1 - w_i - w_j`` as ``[M, N, N]`` for flat ``write_weights [M, N]``, in one rank-3 batched matmul:
+    ``[-w, -1, 1] @ [1; w; 1]``."""
+    ones = torch.ones_like(write_weights)
+    left = torch.stack([-write_weights, -ones, ones], dim=-1)  # [M, N, 3]
+    right = torch.stack([ones, write_weights, ones], dim=-2)  # [M, 3, N]
+    return torch.bmm(left, right)
+
+
 def _link_forward(prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
     """``(1 - w_i - w_j) L'_ij + w_i p_j`` with a zero diagonal; one ``[B, H, N, N]`` allocation."""
-    w_i, w_j = write_weights.unsqueeze(-1), write_weights.unsqueeze(-2)
-    link = prev_link * (1.0 - w_i)
-    link.addcmul_(prev_link, w_j, value=-1.0)
-    link.addcmul_(w_i, prev_precedence.unsqueeze(-2))
-    return _zero_diagonal_(link)
+    n = prev_link.shape[-1]
+    flat_w = write_weights.reshape(-1, n)
+    link = _one_minus_outer_sum(flat_w)  # [B*H, N, N], becomes the new link in place
+    link.mul_(prev_link.reshape(-1, n, n))
+    link.baddbmm_(flat_w.unsqueeze(-1), prev_precedence.reshape(-1, 1, n))
+    return _zero_diagonal_(link.view(prev_link.shape))
 
 
 def _link_backward(
     grad: Tensor, prev_link: Tensor, prev_precedence: Tensor, write_weights: Tensor, needs: Tuple[bool, ...]
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Gradients of ``_link_forward``; ``grad`` is owned by the caller and overwritten with ``dL'``."""
+    """Gradients of ``_link_forward``; ``grad`` (contiguous) is owned by the caller and overwritten with ``dL'``."""
     _zero_diagonal_(grad)  # the output diagonal is a constant 0
     n = grad.shape[-1]
-    flat_grad, flat_link = grad.reshape(-1, n, n), prev_link.reshape(-1, n, n)
+    flat_grad, flat_link = grad.view(-1, n, n), prev_link.reshape(-1, n, n)
     flat_w = write_weights.reshape(-1, n)
     grad_precedence = grad_write = None
     if needs[1]:  # dp_j = sum_i G_ij w_i
@@ -59,8 +69,7 @@ def _link_backward(
     if not needs[0]:
         return None, grad_precedence, grad_write
     for part in _chunks(flat_grad.shape[0], n * n):  # dL'_ij = (1 - w_i - w_j) G_ij, in place
-        w = flat_w[part]
-        flat_grad[part].mul_(1.0 - w.unsqueeze(-1) - w.unsqueeze(-2))
+        flat_grad[part].mul_(_one_minus_outer_sum(flat_w[part]))
     return grad, grad_precedence, grad_write
 
 
@@ -85,6 +94,35 @@ def _directional(link: Tensor, read_weights: Tensor) -> Tuple[Tensor, Tensor]:
     return forward, backward
 
 
+def _accumulate_read_gradients(
+    grad: Tensor, link: Tensor, read_weights: Tensor, grad_forward: Optional[Tensor], grad_backward: Optional[Tensor]
+) -> Optional[Tensor]:
+    """Add the directional reads' link gradients into ``grad`` in place; return the read-weight gradient.
+
+    ``f_i = sum_j L_ij w_j`` gives ``dL_ij += sum_r gf_ri w_rj``; ``b_j = sum_i w_i L_ij`` gives
+    ``dL_ij += sum_r w_ri gb_rj``: both go into one rank-``2R`` batched ``baddbmm_``.
+    """
+    b, h, n, _ = link.shape
+    reads = read_weights.unsqueeze(1).expand(b, h, -1, n)  # [B, H, R, N]
+    lefts, rights, grad_read = [], [], None
+    if grad_forward is not None:
+        g = grad_forward.permute(0, 2, 1, 3)  # [B, H, R, N]
+        lefts.append(g.transpose(-1, -2))
+        rights.append(reads)
+        grad_read = torch.matmul(g, link).sum(1)
+    if grad_backward is not None:
+        g = grad_backward.permute(0, 2, 1, 3)
+        lefts.append(reads.transpose(-1, -2))
+        rights.append(g)
+        term = torch.matmul(g, link.transpose(-1, -2)).sum(1)
+        grad_read = term if grad_read is None else grad_read + term
+    if lefts:
+        left = torch.cat(lefts, dim=-1).reshape(b * h, n, -1)
+        right = torch.cat(rights, dim=-2).reshape(b * h, -1, n)
+        grad.view(b * h, n, n).baddbmm_(left, right)
+    return grad_read
+
+
 class _TemporalLinkStep(torch.autograd.Function):
     """Link update fused with forward/backward reads; link gradients are accumulated in place."""
 
@@ -103,17 +141,7 @@ class _TemporalLinkStep(torch.autograd.Function):
             grad = torch.zeros(link.shape, dtype=link.dtype, device=link.device)
         else:
             grad = grad_link.clone(memory_format=torch.contiguous_format)
-        flat_grad, grad_read = grad.view(b * h, n, n), None
-        reads = read_weights.unsqueeze(1).expand(b, h, -1, n)  # [B, H, R, N]
-        if grad_forward is not None:  # f_i = sum_j L_ij w_j
-            g = grad_forward.permute(0, 2, 1, 3)  # [B, H, R, N]
-            flat_grad.baddbmm_(g.transpose(-1, -2).reshape(b * h, n, -1), reads.reshape(b * h, -1, n))
-            grad_read = torch.matmul(g, link).sum(1)
-        if grad_backward is not None:  # b_j = sum_i w_i L_ij
-            g = grad_backward.permute(0, 2, 1, 3)
-            flat_grad.baddbmm_(reads.transpose(-1, -2).reshape(b * h, n, -1), g.reshape(b * h, -1, n))
-            term = torch.matmul(g, link.transpose(-1, -2)).sum(1)
-            grad_read = term if grad_read is None else grad_read + term
+        grad_read = _accumulate_read_gradients(grad, link, read_weights, grad_forward, grad_backward)
         if grad_read is not None and not ctx.needs_input_grad[3]:
             grad_read = None
         grads = _link_backward(grad, prev_link, prev_precedence, write_weights, ctx.needs_input_grad[:3])

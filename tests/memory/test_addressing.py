@@ -283,6 +283,20 @@ def test_update_link_matches_dense_formula_and_gradients():
         assert torch.allclose(ours.grad, theirs.grad)
 
 
+def test_fused_content_weights_match_composed_form():
+    inputs = (rand(B, N, W, seed=1) - 0.5, rand(B, H, W, seed=2) - 0.5, 1 + rand(B, H, seed=3, scale=3))
+    fused_in = [x.clone().requires_grad_() for x in inputs]
+    plain_in = [x.clone().requires_grad_() for x in inputs]
+    fused = addr.content_weights(*fused_in)
+    plain = torch.softmax(addr.cosine_similarity(*plain_in[:2]) * plain_in[2].unsqueeze(-1), dim=-1)
+    weight = rand(B, H, N, seed=4)
+    (fused * weight).sum().backward()
+    (plain * weight).sum().backward()
+    assert torch.allclose(fused, plain)
+    for ours, theirs in zip(fused_in, plain_in):
+        assert torch.allclose(ours.grad, theirs.grad)
+
+
 @pytest.mark.parametrize("use_link_grad", [True, False])
 def test_temporal_link_step_matches_separate_primitives(use_link_grad):
     inputs = (rand(B, H, N, N, seed=5, scale=0.2), simplex(B, H, N, seed=6), simplex(B, H, N, seed=7),
