@@ -54,19 +54,23 @@ def maxrss_mib() -> float:
 def time_training(step: Callable[[int], None], min_iters: int, max_iters: int, budget_s: float,
                   warmup: int = 1) -> Dict[str, float]:
     """Run ``warmup`` untimed then between ``min_iters`` and ``max_iters`` timed iterations (stop after
-    ``budget_s`` seconds once ``min_iters`` are done). Returns iterations, seconds and the median (reported:
-    robust to other processes on a shared machine), mean and minimum seconds per iteration."""
+    ``budget_s`` seconds once ``min_iters`` are done). Returns iterations, wall seconds, the median (reported),
+    mean and minimum wall seconds per iteration, and the median CPU seconds of this process per iteration (with one
+    thread, CPU time is the work done whatever else runs on the machine; wall time also counts waiting for a CPU)."""
     for i in range(warmup):
         step(i)
     times: List[float] = []
+    cpu: List[float] = []
     start = time.perf_counter()
     while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(warmup + len(times))
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     total = sum(times)
     return {"iterations": len(times), "seconds": total, "mean_seconds_per_iteration": total / len(times),
-            "seconds_per_iteration": statistics.median(times), "min_seconds_per_iteration": min(times)}
+            "seconds_per_iteration": statistics.median(times), "min_seconds_per_iteration": min(times),
+            "cpu_seconds_per_iteration": statistics.median(cpu)}
 
 
 def train_step_fn(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
@@ -106,6 +110,7 @@ def child_result(spec: Dict[str, Any], build: Callable[[], Any]) -> Dict[str, An
     peak = maxrss_mib()
     seq_per_s = BATCH / timing["seconds_per_iteration"]
     return {**spec, **timing, "sequences_per_second": seq_per_s, "seconds_per_sequence": 1.0 / seq_per_s,
+            "sequences_per_cpu_second": BATCH / timing["cpu_seconds_per_iteration"], "load_average": os.getloadavg(),
             "baseline_rss_mib": baseline, "peak_rss_mib": peak, "peak_minus_baseline_mib": peak - baseline}
 
 

@@ -84,24 +84,28 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
     return specs
 
 
+def _ratio(a, b):
+    return None if a is None or b is None or b <= 0 else a / b
+
+
 def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
     by = {(r["impl"], r["N"]): r for r in records}
     lines = ["# DNC training throughput: clmem `DNCCore` vs pytorch-dnc 1.1.0", "",
              f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, length {H.LENGTH} "
-             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per row; "
-             "throughput from the median iteration time. "
-             "Peak memory = peak RSS minus RSS after imports (MiB).", "",
-             "| N | clmem seq/s | peer seq/s | speed ratio clmem/peer | clmem peak MiB | peer peak MiB "
-             "| memory ratio clmem/peer | iterations (clmem, peer) |", "|---|---|---|---|---|---|---|---|"]
+             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per row. "
+             "seq/s from the median wall-clock iteration time; seq/CPU-s from the median CPU time of the process "
+             "(robust to other load on a shared machine). Peak = peak RSS minus RSS after imports (MiB).", "",
+             "| N | clmem seq/s | peer seq/s | ratio clmem/peer | clmem seq/CPU-s | peer seq/CPU-s "
+             "| ratio clmem/peer (CPU) | clmem peak MiB | peer peak MiB | memory ratio clmem/peer | iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in args.sizes:
         c, p = by.get(("clmem", n), {}), by.get(("peer", n), {})
         cs, ps = c.get("sequences_per_second"), p.get("sequences_per_second")
+        cc, pc = c.get("sequences_per_cpu_second"), p.get("sequences_per_cpu_second")
         cm, pm = c.get("peak_minus_baseline_mib"), p.get("peak_minus_baseline_mib")
-        ratio = None if cs is None or ps is None else cs / ps
-        mratio = None if cm is None or pm is None or pm <= 0 else cm / pm
-        lines.append(f"| {n} | {H.fmt(cs)} | {H.fmt(ps)} | {H.fmt(ratio)} | {H.fmt(cm, 0)} | {H.fmt(pm, 0)} "
-                     f"| {H.fmt(mratio)} | {c.get('iterations', c.get('error', '—'))}, "
-                     f"{p.get('iterations', p.get('error', '—'))} |")
+        lines.append(f"| {n} | {H.fmt(cs)} | {H.fmt(ps)} | {H.fmt(_ratio(cs, ps))} | {H.fmt(cc)} | {H.fmt(pc)} "
+                     f"| {H.fmt(_ratio(cc, pc))} | {H.fmt(cm, 0)} | {H.fmt(pm, 0)} | {H.fmt(_ratio(cm, pm))} "
+                     f"| {c.get('iterations', c.get('error', '—'))}, {p.get('iterations', p.get('error', '—'))} |")
     return "\n".join(lines) + "\n"
 
 
