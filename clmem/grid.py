@@ -20,6 +20,8 @@ from typing import Callable
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tune's experiment-state snapshots are not needed for clmem's resume (MLflow + trial checkpoints)
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "60")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -31,6 +33,15 @@ from clmem.tracking import Tracker  # noqa: E402
 #: Test and chaos-drill hook: "EXPERIENCE:MARKER_FILE" makes the trial process exit hard right
 #: after reporting that experience, once (the marker file records that it happened).
 FAULT_ENV = "CLMEM_FAULT_AFTER_EXPERIENCE"
+
+
+#: Keys Ray Tune adds to every result; not logged to MLflow (``time_total_s`` becomes
+#: ``trial_time_s``: seconds since the trial's function started, this attempt).
+TUNE_AUTO_KEYS = frozenset({
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
+    "time_since_restore", "iterations_since_restore", "should_checkpoint", "experiment_tag",
+})
 
 
 def _maybe_crash(experience: int) -> None:
@@ -52,10 +63,21 @@ def _load_state(directory: str | None):
     return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
 
 
+def _heatmap_base64(R) -> str:
+    import base64
+
+    from clmem.plots import accuracy_heatmap
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return base64.b64encode(accuracy_heatmap(R, Path(tmp) / "R.png").read_bytes()).decode()
+
+
 def _report(experience: int, report: dict, key: str) -> None:
     import torch
 
     state = report.pop("_checkpoint", None)
+    if "ACC" in report:  # last experience: render the heatmap here, not in the driver
+        report["R_png"] = _heatmap_base64(report["R"])
     report["worker_pid"] = os.getpid()
     report["node_id"] = ray.get_runtime_context().get_node_id()
     if state is None:
@@ -119,6 +141,9 @@ class MlflowDriverCallback(tune.Callback):
         self._run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_time = float(result.get("time_total_s", 0.0))
+        result = {k: v for k, v in result.items() if k not in TUNE_AUTO_KEYS}
+        result["trial_time_s"] = trial_time
         run_id = self._run_id(trial)
         self.last[trial.trial_id] = result
         if result["experience"] <= self.last_step[run_id]:

@@ -100,7 +100,7 @@ class Tracker:
     def finish_trial(self, run_id: str, report: dict | None, status: str = "FINISHED") -> None:
         """Log R (JSON + heatmap) from the last report and end the run with ``status``."""
         if report and "R" in report:
-            self._log_matrix(run_id, report["R"], report.get("b"))
+            self._log_matrix(run_id, report["R"], report.get("b"), report.get("R_png"))
         self.client.set_terminated(run_id, status=status)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -164,13 +164,20 @@ class Tracker:
     def _log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def _log_matrix(self, run_id: str, R, b) -> None:
+    def _log_matrix(self, run_id: str, R, b, png_base64: str | None = None) -> None:
+        """``R.json`` and the ``R.png`` heatmap (given pre-rendered as base64, or rendered here)."""
+        import base64
+
         from clmem.plots import accuracy_heatmap
 
         with tempfile.TemporaryDirectory() as tmp:
             json_path = Path(tmp) / "R.json"
             json_path.write_text(json.dumps({"R": R, "b": b}, indent=1))
-            png_path = accuracy_heatmap(R, Path(tmp) / "R.png")
+            png_path = Path(tmp) / "R.png"
+            if png_base64:
+                png_path.write_bytes(base64.b64decode(png_base64))
+            else:
+                accuracy_heatmap(R, png_path)
             self.client.log_artifact(run_id, str(json_path))
             self.client.log_artifact(run_id, str(png_path))
 
