@@ -162,16 +162,20 @@ def update_usage(
     # As in DeepMind's Freeness module, usage is not differentiated through the write weights:
     # the write weights are detached (tf.stop_gradient) here; gradients still flow via free gates and reads.
     prev_write_weights = prev_write_weights.detach()
-    write = 1.0 - torch.prod(1.0 - prev_write_weights, dim=1)
+    write = 1.0 - _prod_over_heads(1.0 - prev_write_weights)
     usage = prev_usage + (1.0 - prev_usage) * write
-    retention = torch.prod(1.0 - free_gates.unsqueeze(-1) * prev_read_weights, dim=1)
+    retention = _prod_over_heads(1.0 - free_gates.unsqueeze(-1) * prev_read_weights)
     return usage * retention
 
 
+def _prod_over_heads(x: Tensor) -> Tensor:
+    """``prod`` over dim 1 (heads); a single head is just selected (cheaper than ``prod`` and its backward)."""
+    return x[:, 0] if x.shape[1] == 1 else torch.prod(x, dim=1)
+
+
 def _exclusive_cumprod(x: Tensor) -> Tensor:
-    """``[a, b, c] -> [1, a, a*b]`` along the last dim."""
-    shifted = torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], dim=-1)
-    return torch.cumprod(shifted, dim=-1)
+    """``[a, b, c] -> [1, a, a*b]`` along the last dim (``x`` must be non-zero: callers clamp it to ``>= eps``)."""
+    return torch.cumprod(x, dim=-1) / x
 
 
 def allocation_weights(usage: Tensor, eps: float = EPSILON) -> Tensor:
@@ -249,7 +253,7 @@ def erase_and_write(memory: Tensor, write_weights: Tensor, erase: Tensor, add: T
         ``M_t`` ``[B, N, W]``.
     """
     weighted_erase = write_weights.unsqueeze(-1) * erase.unsqueeze(-2)  # [B, H, N, W]
-    keep = torch.prod(1.0 - weighted_erase, dim=1)
+    keep = _prod_over_heads(1.0 - weighted_erase)
     return torch.baddbmm(memory * keep, write_weights.transpose(1, 2), add)
 
 
@@ -267,13 +271,8 @@ def read_weights(
     Returns:
         ``[B, R, N]``.
     """
-    num_writes = forward_weights.shape[2]
-    backward_mode = read_modes[..., :num_writes]
-    forward_mode = read_modes[..., num_writes : 2 * num_writes]
-    content_mode = read_modes[..., 2 * num_writes :]
-    directional = torch.einsum("brh,brhn->brn", forward_mode, forward_weights)
-    directional = directional + torch.einsum("brh,brhn->brn", backward_mode, backward_weights)
-    return content_mode * content_weights + directional
+    directions = torch.cat([backward_weights, forward_weights, content_weights.unsqueeze(2)], dim=2)
+    return torch.matmul(read_modes.unsqueeze(-2), directions).squeeze(-2)  # [B, R, 1, 1+2H] @ [B, R, 1+2H, N]
 
 
 # ----------------------------------------------------------------------------------------------- LRUA

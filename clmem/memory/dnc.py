@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import addressing as addr
-from ._interface import layout_size, split_interface
+from ._interface import groups_size, split_grouped_interface
 from ._validation import check_int
 
 
@@ -64,39 +64,25 @@ class DNCMemory(nn.Module):
         super().__init__()
         self.config = config if config is not None else DNCMemoryConfig(**kwargs)
         c = self.config
-        self._layout = (
-            ("read_keys", (c.num_reads, c.word_size)),
-            ("read_strengths", (c.num_reads,)),
-            ("write_keys", (c.num_writes, c.word_size)),
-            ("write_strengths", (c.num_writes,)),
-            ("erase_vectors", (c.num_writes, c.word_size)),
-            ("write_vectors", (c.num_writes, c.word_size)),
-            ("free_gates", (c.num_reads,)),
-            ("allocation_gates", (c.num_writes,)),
-            ("write_gates", (c.num_writes,)),
-            ("read_modes", (c.num_reads, 1 + 2 * c.num_writes)),
+        R, W, H = c.num_reads, c.word_size, c.num_writes
+        self._groups = (  # fields grouped by nonlinearity, so each is applied once per step
+            (None, (("read_keys", (R, W)), ("write_keys", (H, W)), ("write_vectors", (H, W)),
+                    ("read_modes", (R, 1 + 2 * H)))),
+            (addr.oneplus, (("read_strengths", (R,)), ("write_strengths", (H,)))),
+            (torch.sigmoid, (("erase_vectors", (H, W)), ("free_gates", (R,)), ("allocation_gates", (H,)),
+                             ("write_gates", (H,)))),
         )
 
     @property
     def interface_size(self) -> int:
         """Length of the flat interface vector: ``R*W + R + 3*H*W + H + R + 2*H + R*(1 + 2H)``."""
-        return layout_size(self._layout)
+        return groups_size(self._groups)
 
     def parse_interface(self, vector: Tensor) -> DNCInterface:
         """``[B, interface_size]`` -> ``DNCInterface`` (oneplus strengths, sigmoid gates/erase, softmax modes)."""
-        raw = split_interface("DNCMemory", vector, self._layout)
-        return DNCInterface(
-            read_keys=raw["read_keys"],
-            read_strengths=addr.oneplus(raw["read_strengths"]),
-            write_keys=raw["write_keys"],
-            write_strengths=addr.oneplus(raw["write_strengths"]),
-            erase_vectors=torch.sigmoid(raw["erase_vectors"]),
-            write_vectors=raw["write_vectors"],
-            free_gates=torch.sigmoid(raw["free_gates"]),
-            allocation_gates=torch.sigmoid(raw["allocation_gates"]),
-            write_gates=torch.sigmoid(raw["write_gates"]),
-            read_modes=torch.softmax(raw["read_modes"], dim=-1),
-        )
+        fields = split_grouped_interface("DNCMemory", vector, self._groups)
+        fields["read_modes"] = torch.softmax(fields["read_modes"], dim=-1)
+        return DNCInterface(**fields)
 
     def initial_state(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None

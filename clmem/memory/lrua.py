@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import addressing as addr
-from ._interface import layout_size, split_interface
+from ._interface import groups_size, split_grouped_interface
 from ._validation import check_int
 
 
@@ -66,27 +66,21 @@ class LRUAMemory(nn.Module):
         super().__init__()
         self.config = config if config is not None else LRUAMemoryConfig(**kwargs)
         c = self.config
-        self._layout = (
-            ("read_keys", (c.num_reads, c.word_size)),
-            ("read_strengths", (c.num_reads,)),
-            ("write_vectors", (c.num_writes, c.word_size)),
-            ("write_gates", (c.num_writes,)),
+        R, W, H = c.num_reads, c.word_size, c.num_writes
+        self._groups = (  # fields grouped by nonlinearity, so each is applied once per step
+            (None, (("read_keys", (R, W)), ("write_vectors", (H, W)))),
+            (addr.oneplus, (("read_strengths", (R,)),)),
+            (torch.sigmoid, (("write_gates", (H,)),)),
         )
 
     @property
     def interface_size(self) -> int:
         """``R * (W + 1) + H * (W + 1)``."""
-        return layout_size(self._layout)
+        return groups_size(self._groups)
 
     def parse_interface(self, vector: Tensor) -> LRUAInterface:
         """``[B, interface_size]`` -> ``LRUAInterface`` (oneplus strengths, sigmoid gates)."""
-        raw = split_interface("LRUAMemory", vector, self._layout)
-        return LRUAInterface(
-            read_keys=raw["read_keys"],
-            read_strengths=addr.oneplus(raw["read_strengths"]),
-            write_vectors=raw["write_vectors"],
-            write_gates=torch.sigmoid(raw["write_gates"]),
-        )
+        return LRUAInterface(**split_grouped_interface("LRUAMemory", vector, self._groups))
 
     def initial_state(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
