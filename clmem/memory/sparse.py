@@ -345,6 +345,9 @@ class SparseDNCCoreConfig(CoreConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if getattr(self, "checkpoint_every", None) not in (None, 0):  # in-place buffers cannot be recomputed
+            raise ValueError(f"{type(self).__name__}.checkpoint_every: expected 0 or None (the sparse memory is "
+                             f"updated in place, so a segment cannot be recomputed), got {self.checkpoint_every!r}")
         try:
             self.memory_config()
         except ValueError as exc:  # re-raise under this class's name, still one line naming the field
@@ -367,6 +370,10 @@ class SparseDNCCore(MemoryCore):
 
     config_class = SparseDNCCoreConfig
     memory_class = SparseMemory
+
+    def checkpoint_segment(self, x: Tensor, state) -> None:  # type: ignore[override]
+        """Never checkpoint: the in-place sparse buffers cannot be rolled back for a recomputation."""
+        return None
 
     @staticmethod
     def _trace(memory_states: list) -> CoreTrace:

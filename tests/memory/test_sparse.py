@@ -252,6 +252,8 @@ def test_sparse_dnc_core_config_validation():
 
     with pytest.raises(ValueError, match=r"^SparseDNCCoreConfig\.k_neighbours: "):
         SparseDNCCoreConfig(input_size=3, output_size=2, memory_size=N, word_size=W, num_reads=R, k_neighbours=N + 1)
+    with pytest.raises(ValueError, match=r"^SparseDNCCoreConfig\.checkpoint_every: "):
+        SparseDNCCoreConfig(input_size=3, output_size=2, memory_size=N, word_size=W, num_reads=R, checkpoint_every=2)
 
 
 def _link_interface(key, write, alpha, modes, strength=100.0):
