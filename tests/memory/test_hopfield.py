@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clmem.memory.hopfield import HopfieldConfig, HopfieldMemory, hopfield_retrieve
 
@@ -104,3 +106,14 @@ def test_write_requires_values_iff_configured():
     memory = HopfieldMemory(HopfieldConfig(capacity=3, key_size=3, value_size=2))
     with pytest.raises(ValueError, match="values"):
         memory.write(KEYS)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), w=st.integers(1, 4), v=st.integers(1, 3), beta=st.floats(0, 20), steps=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_retrieval_is_a_convex_combination_of_values(n, w, v, beta, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    keys, values = torch.randn(n, w, generator=gen, dtype=torch.float64), torch.randn(n, v, generator=gen,
+                                                                                      dtype=torch.float64)
+    out = hopfield_retrieve(torch.randn(2, w, generator=gen, dtype=torch.float64), keys, values, beta, steps)
+    assert torch.all(out >= values.min(0).values - 1e-9) and torch.all(out <= values.max(0).values + 1e-9)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("faiss")
 
@@ -302,3 +304,40 @@ def test_sparse_links_invariants():
         assert torch.all(links.prev_val[self_link] == 0)  # no self-links
         dense_reads = SparseMemory.dense_read_weights(state)
         assert torch.all(dense_reads >= 0) and torch.all(dense_reads.sum(-1) <= 1 + 1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 2), slots=st.integers(2, 9), word=st.integers(1, 4), reads=st.integers(1, 3),
+       heads=st.integers(1, 2), k=st.integers(1, 9), links=st.booleans(), seed=st.integers(0, 2**16))
+def test_sparse_step_invariants_property(batch, slots, word, reads, heads, k, links, seed):
+    k, heads = min(k, slots), min(heads, slots)
+    cfg = SparseMemoryConfig(memory_size=slots, word_size=word, num_reads=reads, num_writes=heads,
+                             k_neighbours=k, use_links=links)
+    memory = SparseMemory(cfg)
+    state = memory.initial_state(batch, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        raw = torch.randn(batch, cfg.interface_size, generator=gen, dtype=torch.float64) * 3
+        reads_t, state = memory.step(parse_interface(raw, cfg), state)
+        assert reads_t.shape == (batch, reads, word) and torch.isfinite(reads_t).all()
+        for dense in (SparseMemory.dense_read_weights(state), SparseMemory.dense_write_weights(state)):
+            assert torch.all(dense >= 0) and torch.all(dense.sum(-1) <= 1 + 1e-9)
+        assert torch.all((state.read_indices >= 0) & (state.read_indices < slots))
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=st.lists(st.floats(0, 1), min_size=1, max_size=8), data=st.data())
+def test_merge_top_sums_duplicates_and_keeps_strongest(values, data):
+    from clmem.memory.sparse_links import merge_top
+
+    indices = data.draw(st.lists(st.integers(0, 4), min_size=len(values), max_size=len(values)))
+    keep = data.draw(st.integers(1, len(values)))
+    idx, val = merge_top(torch.tensor([indices]), torch.tensor([values], dtype=torch.float64), keep)
+    totals = {}
+    for i, v in zip(indices, values):
+        totals[i] = totals.get(i, 0.0) + v
+    expected = sorted(totals.values(), reverse=True)[:keep]
+    assert val[0][: len(expected)].tolist() == pytest.approx(expected)
+    assert torch.all(val >= 0)
+    kept = [i for i, v in zip(idx[0].tolist(), val[0].tolist()) if v > 0]
+    assert len(kept) == len(set(kept))
