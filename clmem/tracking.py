@@ -60,7 +60,10 @@ class Tracker:
             return None
         db = _sqlite_path(self.uri)
         location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
-        return self.client.create_experiment(name, artifact_location=location)
+        exp_id = self.client.create_experiment(name, artifact_location=location)
+        # MLflow 3's UI opens experiments of this kind on their run table (not the GenAI overview)
+        self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+        return exp_id
 
     def start_parent(self, experiment: Experiment, kind: str = "grid", tags: dict | None = None) -> str:
         """A parent run for ``experiment`` holding the experiment file and its grid axes."""
