@@ -213,11 +213,10 @@ def write_allocation_weights(usage: Tensor, write_gates: Tensor, num_writes: int
     if write_gates.shape[-1] != num_writes:
         raise ValueError(f"write_allocation_weights.write_gates: expected last dim {num_writes}, "
                          f"got {write_gates.shape[-1]}")
-    allocations = []
-    for head in range(num_writes):
-        allocation = allocation_weights(usage)
-        allocations.append(allocation)
-        usage = usage + (1.0 - usage) * write_gates[:, head : head + 1] * allocation
+    allocations = [allocation_weights(usage)]
+    for head in range(1, num_writes):
+        usage = usage + (1.0 - usage) * write_gates[:, head - 1 : head] * allocations[-1]
+        allocations.append(allocation_weights(usage))
     return torch.stack(allocations, dim=1)
 
 
