@@ -90,7 +90,8 @@ def test_trial_failing_beyond_max_failures_ends_failed_not_running(tmp_path, mon
     assert parent.info.status == "FAILED"
 
 
-def test_resume_after_driver_killed_runs_only_missing_trials(tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_resume_after_driver_killed_runs_only_missing_trials(tmp_path, how):
     file = write(tmp_path, grid("naive", [0, 1, 2]))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [sys.executable, "-m", "clmem", "grid", str(file), "--tracking-uri", uri, "--max-concurrent", "1"]
@@ -102,11 +103,20 @@ def test_resume_after_driver_killed_runs_only_missing_trials(tmp_path):
         seen.append(line)
         if "finished (1/3 done)" in line or time.time() > deadline:
             break
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, without clean-up
-    proc.wait(timeout=60)
+    if how == "SIGKILL":
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, without clean-up
+        proc.wait(timeout=60)
+    else:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune stops, clmem ends open runs as KILLED
+        rest = proc.communicate(timeout=180)[0]
+        assert proc.returncode == 130 and "continue it with --resume" in rest, rest[-2000:]
     assert any("finished (1/3 done)" in line for line in seen), "".join(seen)[-2000:]
     client, before = trial_runs(uri)
     assert sum(r.info.status == "FINISHED" for r in before) == 1
+    if how == "SIGINT":  # nothing left RUNNING after a clean interrupt
+        assert all(r.info.status in ("FINISHED", "KILLED") for r in before)
+        parent = client.get_run(before[0].data.tags["mlflow.parentRunId"])
+        assert parent.info.status == "KILLED"
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
