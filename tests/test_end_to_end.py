@@ -93,3 +93,31 @@ def test_run_command_tracks_one_trial_in_process(tmp_path, monkeypatch, capsys):
     child = [r for r in runs if r.data.tags.get("clmem.kind") == "trial"][0]
     assert child.data.params["seed"] == "1" and child.info.status == "FINISHED"
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+@pytest.mark.slow
+def test_ui_command_serves_the_same_store_on_localhost(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"sqlite:///{tmp_path}/ui.db"
+    proc = subprocess.Popen([sys.executable, "-m", "clmem", "ui", "--tracking-uri", uri, "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, status = time.time() + 120, None
+        while time.time() < deadline and status != 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        assert (tmp_path / "ui.db").exists()  # the UI opened the store it was given
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
