@@ -1,0 +1,96 @@
+"""Sequence and question-answering learners in the model registry (:data:`clmem.models.MODELS`).
+
+Names: ``lstm``, ``ntm``, ``dnc``, ``mann``, ``sparse_dnc`` (sequence learners, ``x [B, T, D]`` ->
+``logits [B, T, num_classes]``, recurrent state starting at zero for every batch: the learners keep
+no state across batches) and ``memn2n`` (bAbI memory-network layout, see
+:mod:`clmem.tasks.streams`: ``x [B, M + 1, S]`` word ids, rows ``0..M-1`` the memories and row ``M``
+the question -> answer logits ``[B, num_classes]``, ``num_classes`` being the vocabulary size).
+
+Builders take ``(input_shape, num_classes, **options)``: for sequence learners ``input_shape`` is
+``(T, D)`` and ``D`` is the input size.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from clmem.memory.controller import CONTROLLER_KINDS
+from clmem.models import MODELS
+from clmem.options import Opt
+
+from .memn2n import MemN2N
+from .sequence import CORES, make_sequence_learner
+
+__all__ = ["MemN2NClassifier", "SEQUENCE_LEARNERS"]
+
+_HIDDEN = {"hidden_size": Opt(int, 64, min=1, help="controller / LSTM hidden units")}
+_CORE = {
+    **_HIDDEN,
+    "controller": Opt(str, "lstm", choices=tuple(CONTROLLER_KINDS)),
+    "memory_size": Opt(int, 32, min=1, help="memory slots N"),
+    "word_size": Opt(int, 16, min=1, help="memory word width W"),
+    "num_reads": Opt(int, 1, min=1),
+    "num_writes": Opt(int, 1, min=1),
+    "clip_value": Opt(float, 20.0, min=1e-6, nullable=True, help="clip of controller/core outputs (null: none)"),
+}
+SEQUENCE_LEARNERS: dict[str, dict[str, Opt]] = {
+    "lstm": {**_HIDDEN, "num_layers": Opt(int, 1, min=1, max=8)},
+    "ntm": {**_CORE, "shift_range": Opt(int, 1, min=0)},
+    "dnc": dict(_CORE),
+    "mann": {**_CORE, "usage_decay": Opt(float, 0.95, min=0.0, max=1.0)},
+    "sparse_dnc": {**_CORE, "k_neighbours": Opt(int, 4, min=1), "use_links": Opt(bool, False)},
+}
+_DESCRIPTIONS = {
+    "lstm": "LSTM sequence learner (baseline)",
+    "ntm": "Neural Turing Machine (Graves et al. 2014) as a sequence learner",
+    "dnc": "Differentiable Neural Computer (Graves et al. 2016) as a sequence learner",
+    "mann": "MANN with least-recently-used access (Santoro et al. 2016) as a sequence learner",
+    "sparse_dnc": "sparse DNC / sparse access memory (Rae et al. 2016) as a sequence learner",
+}
+
+
+def _sequence_builder(kind: str):
+    def build(input_shape, num_classes, **options):
+        if len(input_shape) != 2:
+            raise ValueError(f"model.name: {kind!r} expects sequence inputs (T, D), got shape {tuple(input_shape)}")
+        return make_sequence_learner(kind, int(input_shape[-1]), int(num_classes), **options)
+
+    build.__name__ = f"build_{kind}"
+    return build
+
+
+for _kind, _options in SEQUENCE_LEARNERS.items():
+    if _kind == "lstm" or _kind in CORES:
+        MODELS.register(_kind, _options, _DESCRIPTIONS[_kind])(_sequence_builder(_kind))
+
+
+class MemN2NClassifier(nn.Module):
+    """:class:`MemN2N` on one packed tensor ``x [B, M + 1, S]`` (memories, then the question row)."""
+
+    def __init__(self, memory: MemN2N) -> None:
+        super().__init__()
+        self.memn2n = memory
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.long()
+        return self.memn2n(x[:, :-1], x[:, -1])
+
+
+@MODELS.register(
+    "memn2n",
+    {
+        "embedding_dim": Opt(int, 20, min=1),
+        "hops": Opt(int, 3, min=1, max=10),
+        "position_encoding": Opt(bool, True),
+        "temporal_encoding": Opt(bool, True),
+        "linear_start": Opt(bool, False),
+        "random_noise": Opt(float, 0.1, min=0.0, max=1.0),
+        "init_std": Opt(float, 0.1, min=1e-6),
+    },
+    "end-to-end memory network (Sukhbaatar et al. 2015) on bAbI streams with encoding: memnet",
+)
+def memn2n(input_shape, num_classes, **options):
+    if len(input_shape) != 2:
+        raise ValueError(f"model.name: 'memn2n' expects the memnet layout (M + 1, S), got shape {tuple(input_shape)}")
+    max_memory = max(1, int(input_shape[0]) - 1)
+    return MemN2NClassifier(MemN2N(vocab_size=int(num_classes), max_memory=max_memory, **options))

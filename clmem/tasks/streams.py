@@ -1,0 +1,515 @@
+"""Continual streams of memory tasks as Avalanche benchmarks, registered in :data:`clmem.benchmarks.BENCHMARKS`.
+
+* ``continual_algorithmic`` — one experience per NTM task (default order copy → repeat copy → associative
+  recall → priority sort). Scored by **bits per sequence** (``metric="bits_per_sequence"``, lower is better,
+  Avalanche metric :class:`BitsPerSequence`, prefix ``BitsPerSeq_Exp``); :class:`SequenceError` (fraction of
+  sequences with at least one wrong bit, ``SeqError_Exp``) is reported beside it.
+* ``continual_babi`` — one experience per bAbI task, or per group of tasks (``groups: "1,2;6,7;15"``).
+* ``babi_joint`` — every task in one experience (joint training).
+
+  bAbI streams are scored by **error** (``metric="error"`` = 1 − accuracy, lower is better, prefix
+  ``Error_Exp``, :class:`AnswerError`); :class:`BabiTaskErrors` adds, per evaluation of the test stream, each
+  bAbI task's error (``BabiError_qa<N>/eval_phase/test_stream``), their mean (``BabiMeanError/...``) and the
+  number of failed tasks, error > 5% (``BabiFailedTasks/eval_phase/test_stream``).
+
+Layout (every sample of a stream has the same shapes, so experiences and replay buffers concatenate):
+
+* algorithmic: ``x [T, bits + 2]`` float, ``y [T, bits + 1]`` float with **the mask packed into the targets**:
+  ``0``/``1`` where an output is scored, :data:`IGNORE` (−1) elsewhere (output phase of other tasks' channels,
+  input phase, time padding). ``T`` is the longest sequence any task of the stream can produce.
+* bAbI ``encoding: memnet``: ``x [M + 1, S]`` word ids (rows ``0..M-1`` the ``M`` most recent sentences, most
+  recent first, row ``M`` the question), ``y`` the answer id; for the ``memn2n`` model.
+* bAbI ``encoding: sequence``: ``x [T, V]`` one-hot word stream ``sentence <sep> ... <query> question <answer>``,
+  **left**-padded so that the answer step is the last step; ``y`` the answer id; for sequence learners (the
+  ``sequence`` strategy scores the last step, see :func:`answer_cross_entropy`).
+
+Each sample is ``(x, y, info)`` (Avalanche appends the task label): ``info = [task, length]`` (``task``: the
+algorithmic task's index in :data:`ALGORITHMIC_TASKS` or the bAbI task number; ``length``: the length the
+curriculum varies, or the number of story sentences for bAbI). ``targets`` (class labels for Avalanche) are the
+answer ids for bAbI and the task index for algorithmic streams. Task labels are all 0 (one shared head).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from clmem.benchmarks import BENCHMARKS, Stream
+from clmem.options import Opt
+
+from .algorithmic import TASKS as _TASK_CLASSES
+from .algorithmic import (AssociativeRecallConfig, CopyConfig, PrioritySortConfig, RepeatCopyConfig,
+                          make_task)
+from .babi import Vocabulary, encode_memnet, encode_sequence, load_babi
+from .babi_gen import GENERATED_TASKS, write_babi
+
+__all__ = [
+    "IGNORE", "FAIL_THRESHOLD", "ALGORITHMIC_TASKS", "SequenceDataset", "MaskedBitLoss", "masked_bit_loss",
+    "answer_cross_entropy", "AnswerCrossEntropy", "wrong_bits", "BitsPerSequence", "SequenceError",
+    "AnswerError", "BabiTaskErrors", "parse_groups", "algorithmic_experiences", "babi_experiences",
+    "continual_algorithmic", "continual_babi", "babi_joint",
+]
+
+IGNORE = -1.0
+FAIL_THRESHOLD = 0.05
+ALGORITHMIC_TASKS = tuple(_TASK_CLASSES)  # copy, repeat_copy, associative_recall, priority_sort
+
+
+# ----------------------------------------------------------------------------------------- dataset
+class SequenceDataset(Dataset):
+    """``(x, y, info)`` samples with a ``targets`` attribute (Avalanche classification datasets need it).
+
+    With ``one_hot=V``, ``x`` is stored as word ids ``[N, T]`` and returned one-hot ``[T, V]`` (id 0, padding,
+    is the all-zero vector), which keeps long bAbI streams small in memory.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, info: Tensor, targets: Tensor, one_hot: int | None = None):
+        if not (len(x) == len(y) == len(info) == len(targets)):
+            raise ValueError("SequenceDataset: x, y, info and targets must have the same length")
+        self.x, self.y, self.info, self.one_hot = x, y, info, one_hot
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index):
+        x = self.x[index]
+        if self.one_hot:
+            hot = F.one_hot(x, self.one_hot).float()
+            hot[..., 0] = 0.0
+            x = hot
+        return x, self.y[index], self.info[index]
+
+
+def _avalanche_benchmark(train: Sequence[SequenceDataset], test: Sequence[SequenceDataset]):
+    from avalanche.benchmarks import benchmark_from_datasets
+    # exported by Avalanche (in the module's __all__); unlike as_taskaware_classification_dataset it attaches
+    # the task label that the strategies read as mbatch[-1]
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
+
+    def as_cls(dataset, task_labels):
+        return _make_taskaware_classification_dataset(dataset, task_labels=task_labels)
+
+    return benchmark_from_datasets(train=[as_cls(d, task_labels=0) for d in train],
+                                   test=[as_cls(d, task_labels=0) for d in test])
+
+
+# ------------------------------------------------------------------------------------------ losses
+def _logits(output) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def masked_bit_loss(output, y: Tensor) -> Tensor:
+    """Sigmoid cross-entropy averaged over the scored outputs (``y != IGNORE``) of ``y [B, T, O]``."""
+    logits = _logits(output)
+    scored = (y >= 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, y.clamp_min(0).to(logits.dtype), reduction="none")
+    return (loss * scored).sum() / scored.sum().clamp_min(1.0)
+
+
+def answer_cross_entropy(output, y: Tensor) -> Tensor:
+    """Cross-entropy of the answer: ``logits [B, V]``, or ``[B, T, V]`` scored at the last (answer) step."""
+    logits = _logits(output)
+    if logits.dim() == 3:
+        logits = logits[:, -1]
+    return F.cross_entropy(logits, y.long())
+
+
+class MaskedBitLoss(torch.nn.Module):
+    """:func:`masked_bit_loss` as a module (the algorithmic streams' criterion)."""
+
+    def forward(self, output, y):
+        return masked_bit_loss(output, y)
+
+
+class AnswerCrossEntropy(torch.nn.Module):
+    """:func:`answer_cross_entropy` as a module (the bAbI streams' criterion)."""
+
+    def forward(self, output, y):
+        return answer_cross_entropy(output, y)
+
+
+def wrong_bits(output, y: Tensor) -> Tensor:
+    """Per sequence, the number of scored outputs wrong after thresholding ``sigmoid`` at 0.5: ``[B]``."""
+    logits = _logits(output)
+    wrong = ((logits > 0) != (y > 0.5)) & (y >= 0)
+    return wrong.flatten(1).sum(dim=1).to(torch.float32)
+
+
+def _answer_wrong(output, y: Tensor) -> Tensor:
+    logits = _logits(output)
+    if logits.dim() == 3:
+        logits = logits[:, -1]
+    return (logits.argmax(dim=-1) != y.long()).to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def _plugin_metrics():
+    from avalanche.evaluation import GenericPluginMetric, PluginMetric
+    from avalanche.evaluation.metric_results import MetricValue
+    from avalanche.evaluation.metrics import Mean
+
+    return GenericPluginMetric, PluginMetric, MetricValue, Mean
+
+
+_Generic, _Plugin, _MetricValue, _Mean = _plugin_metrics()
+
+
+class _PerExperienceMean(_Generic):
+    """Mean of a per-sequence score over one evaluation experience (reset and emitted per experience)."""
+
+    name = ""
+
+    def __init__(self):
+        super().__init__(_Mean(), reset_at="experience", emit_at="experience", mode="eval")
+
+    def per_sequence(self, output, y) -> Tensor:
+        raise NotImplementedError
+
+    def update(self, strategy) -> None:
+        values = self.per_sequence(strategy.mb_output.detach(), strategy.mb_y)
+        if len(values):
+            self._metric.update(float(values.mean()), len(values))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BitsPerSequence(_PerExperienceMean):
+    """Mean wrong bits per sequence (scored outputs only) over an evaluation experience: ``BitsPerSeq_Exp``."""
+
+    name = "BitsPerSeq_Exp"
+
+    def per_sequence(self, output, y):
+        return wrong_bits(output, y)
+
+
+class SequenceError(_PerExperienceMean):
+    """Fraction of sequences with at least one wrong scored bit: ``SeqError_Exp``."""
+
+    name = "SeqError_Exp"
+
+    def per_sequence(self, output, y):
+        return (wrong_bits(output, y) > 0).to(torch.float32)
+
+
+class AnswerError(_PerExperienceMean):
+    """Fraction of wrongly answered questions (1 − accuracy) over an evaluation experience: ``Error_Exp``."""
+
+    name = "Error_Exp"
+
+    def per_sequence(self, output, y):
+        return _answer_wrong(output, y)
+
+
+class BabiTaskErrors(_Plugin):
+    """Per bAbI task (from the samples' ``info[:, 0]``) error over one evaluation of a stream; emits
+    ``BabiError_qa<N>/eval_phase/<stream>``, ``BabiMeanError/eval_phase/<stream>`` and
+    ``BabiFailedTasks/eval_phase/<stream>`` (tasks with error > ``threshold``)."""
+
+    def __init__(self, threshold: float = FAIL_THRESHOLD):
+        super().__init__()
+        self.threshold = threshold
+        self._wrong: dict[int, float] = {}
+        self._count: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self._wrong, self._count = {}, {}
+
+    def result(self) -> dict[int, float]:
+        return {t: self._wrong[t] / self._count[t] for t in sorted(self._count)}
+
+    def failed(self) -> int:
+        return sum(e > self.threshold for e in self.result().values())
+
+    def update(self, output, y: Tensor, tasks: Tensor) -> None:
+        wrong = _answer_wrong(output, y).cpu()
+        for task in torch.unique(tasks.cpu()).tolist():
+            pick = tasks.cpu() == task
+            self._wrong[task] = self._wrong.get(task, 0.0) + float(wrong[pick].sum())
+            self._count[task] = self._count.get(task, 0) + int(pick.sum())
+
+    def before_eval(self, strategy):
+        self.reset()
+
+    def after_eval_iteration(self, strategy):
+        if len(strategy.mbatch) >= 4:
+            self.update(strategy.mb_output.detach(), strategy.mb_y, strategy.mbatch[2][:, 0])
+
+    def after_eval(self, strategy):
+        errors = self.result()
+        if not errors:
+            return None
+        stream = f"{strategy.experience.origin_stream.name}_stream"  # as Avalanche names it: test_stream
+        x = strategy.clock.train_iterations
+        out = [_MetricValue(self, f"BabiError_qa{t}/eval_phase/{stream}", e, x) for t, e in errors.items()]
+        out.append(_MetricValue(self, f"BabiMeanError/eval_phase/{stream}", float(np.mean(list(errors.values()))), x))
+        out.append(_MetricValue(self, f"BabiFailedTasks/eval_phase/{stream}", float(self.failed()), x))
+        return out
+
+    def __str__(self) -> str:
+        return "BabiTaskErrors"
+
+
+# ------------------------------------------------------------------------------------------ orders
+def _split(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{what}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _ordered(items: list, order: str, seed: int) -> list:
+    if order == "random":
+        perm = np.random.default_rng(seed).permutation(len(items))
+        return [items[i] for i in perm]
+    return list(items)
+
+
+def parse_groups(tasks: str, groups: str | None) -> list[list[int]]:
+    """Experiences as lists of bAbI task numbers: ``groups`` ``"1,2;6;7,15"`` (``;`` between experiences), or
+    one experience per task of ``tasks`` ``"1,2,6"``."""
+    if groups:
+        out = [[int(t) for t in _split(g, "benchmark.groups")] for g in str(groups).split(";") if g.strip()]
+    else:
+        out = [[int(t)] for t in _split(tasks, "benchmark.tasks")]
+    flat = [t for g in out for t in g]
+    if not out or len(set(flat)) != len(flat) or any(not 1 <= t <= 20 for t in flat):
+        raise ValueError(f"benchmark.groups: expected distinct bAbI tasks in 1..20, got {groups or tasks!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------- algorithmic
+def _task_configs(num_bits, min_length, max_length, max_repeats, item_length, min_items, max_items, sort_outputs):
+    return {
+        "copy": CopyConfig(num_bits, min_length, max_length),
+        "repeat_copy": RepeatCopyConfig(num_bits, min_length, max_length, 1, max_repeats),
+        "associative_recall": AssociativeRecallConfig(num_bits, item_length, min_items, max_items),
+        "priority_sort": PrioritySortConfig(num_bits, max(min_length, sort_outputs), max(max_length, sort_outputs),
+                                            sort_outputs),
+    }
+
+
+def _longest(name: str, c) -> int:
+    if name == "copy":
+        return 2 * c.max_length + 1
+    if name == "repeat_copy":
+        return c.max_length * (c.max_repeats + 1) + 2
+    if name == "associative_recall":
+        return (c.max_items + 2) * (c.item_length + 1)
+    return c.max_length + 1 + c.num_outputs
+
+
+def _sample_task(task, count: int, width_in: int, width_out: int, steps: int, rng) -> tuple:
+    low, high = task.length_range
+    lengths = rng.integers(low, high + 1, count)
+    xs, ys, ls = [], [], []
+    for length in sorted(set(lengths.tolist())):
+        n = int((lengths == length).sum())
+        batch = task.sample(n, length=length)
+        b, t, d = batch.inputs.shape
+        x = torch.zeros(n, steps, width_in)
+        x[:, :t, :d] = batch.inputs
+        y = torch.full((n, steps, width_out), IGNORE)
+        scored = torch.where(batch.mask.unsqueeze(-1), batch.targets.float(), torch.tensor(IGNORE))
+        y[:, :t, :batch.targets.shape[-1]] = scored
+        xs.append(x), ys.append(y), ls.append(torch.full((n,), length, dtype=torch.long))
+    order = torch.from_numpy(rng.permutation(count))
+    return torch.cat(xs)[order], torch.cat(ys)[order], torch.cat(ls)[order]
+
+
+def algorithmic_experiences(seed: int, tasks: list[str], samples: dict[str, int], **config) -> tuple:
+    """``({split: [SequenceDataset per task]}, steps, input width, output width)`` for the task names in
+    ``tasks`` (in that order) with ``samples = {"train": n, "test": m}`` sequences per experience."""
+    configs = _task_configs(**config)
+    unknown = [t for t in tasks if t not in configs]
+    if unknown:
+        raise ValueError(f"benchmark.tasks: unknown algorithmic task {unknown[0]!r} "
+                         f"(expected some of: {', '.join(ALGORITHMIC_TASKS)})")
+    bits = config["num_bits"]
+    width_in, width_out = bits + 2, bits + 1
+    steps = max(_longest(t, configs[t]) for t in tasks)
+    out: dict[str, list[SequenceDataset]] = {}
+    for s, (split, count) in enumerate(samples.items()):
+        out[split] = []
+        for name in tasks:
+            index = ALGORITHMIC_TASKS.index(name)
+            task = make_task(name, seed=int(np.random.SeedSequence([seed, s, index]).generate_state(1)[0]),
+                             config=configs[name])
+            rng = np.random.default_rng([seed, s, index, 1])
+            x, y, lengths = _sample_task(task, count, width_in, width_out, steps, rng)
+            info = torch.stack([torch.full_like(lengths, index), lengths], dim=1)
+            out[split].append(SequenceDataset(x, y, info, info[:, 0].clone()))
+    return out, steps, width_in, width_out
+
+
+_ALGO_OPTS = {
+    "tasks": Opt(str, ",".join(ALGORITHMIC_TASKS), help="comma-separated task order, one experience each"),
+    "order": Opt(str, "given", choices=("given", "random"), help="random: permute the tasks with the trial seed"),
+    "num_bits": Opt(int, 4, min=1, max=64, help="bit width of the vectors"),
+    "min_length": Opt(int, 1, min=1, help="shortest sequence (copy, repeat copy, priority sort)"),
+    "max_length": Opt(int, 5, min=1, help="longest sequence (copy, repeat copy, priority sort)"),
+    "max_repeats": Opt(int, 3, min=1, help="repeat copy: repeats in [1, max_repeats]"),
+    "item_length": Opt(int, 2, min=1, help="associative recall: vectors per item"),
+    "min_items": Opt(int, 2, min=2, help="associative recall: fewest items"),
+    "max_items": Opt(int, 4, min=2, help="associative recall: most items"),
+    "sort_outputs": Opt(int, 2, min=1, help="priority sort: how many top-priority vectors to output"),
+    "train_samples": Opt(int, 256, min=1, help="training sequences per experience"),
+    "test_samples": Opt(int, 64, min=1, help="test sequences per experience"),
+}
+
+
+@BENCHMARKS.register("continual_algorithmic", _ALGO_OPTS,
+                     "NTM tasks one after another (copy, repeat copy, associative recall, priority sort); "
+                     "bits per sequence")
+def continual_algorithmic(seed: int, tasks: str = _ALGO_OPTS["tasks"].default, order: str = "given",
+                          num_bits: int = 4, min_length: int = 1, max_length: int = 5, max_repeats: int = 3,
+                          item_length: int = 2, min_items: int = 2, max_items: int = 4, sort_outputs: int = 2,
+                          train_samples: int = 256, test_samples: int = 64) -> Stream:
+    if min_length > max_length or min_items > max_items:
+        raise ValueError("benchmark: expected min_length <= max_length and min_items <= max_items")
+    names = _ordered(_split(tasks, "benchmark.tasks"), order, seed)
+    data, steps, width_in, width_out = algorithmic_experiences(
+        seed, names, {"train": train_samples, "test": test_samples}, num_bits=num_bits, min_length=min_length,
+        max_length=max_length, max_repeats=max_repeats, item_length=item_length, min_items=min_items,
+        max_items=max_items, sort_outputs=sort_outputs)
+    bench = _avalanche_benchmark(data["train"], data["test"])
+    return Stream(bench, (steps, width_in), width_out, metric="bits_per_sequence", higher_is_better=False,
+                  metric_prefix="BitsPerSeq_Exp", eval_metrics=lambda: [BitsPerSequence(), SequenceError()],
+                  criterion=MaskedBitLoss)
+
+
+# -------------------------------------------------------------------------------------------- bAbI
+def _generated_root(cache_dir: str | None, num_train: int, num_test: int) -> Path:
+    """A folder holding generated bAbI files for every generated task (written once, atomically)."""
+    parent = Path(cache_dir or os.environ.get("CLMEM_BABI_CACHE")
+                  or Path(tempfile.gettempdir()) / "clmem-babi-generated").expanduser()
+    root = parent / f"n{num_train}-{num_test}"
+    if all(list((root / "en").glob(f"qa{t}_*_{split}.txt")) for t in GENERATED_TASKS for split in ("train", "test")):
+        return root
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=".staging-"))
+    write_babi(staging, tuple(GENERATED_TASKS), num_train=num_train, num_test=num_test, seed=0)
+    try:
+        os.rename(staging, root)
+    except OSError:  # another process got there first: use theirs
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _babi_questions(tasks: list[int], data_root: str | None, layout: str, cache_dir: str | None,
+                    train_questions: int, test_questions: int) -> dict:
+    if data_root is None:
+        missing = [t for t in tasks if t not in GENERATED_TASKS]
+        if missing:
+            raise ValueError(f"benchmark.tasks: task {missing[0]} has no offline generator (generated: "
+                             f"{', '.join(map(str, GENERATED_TASKS))}); set benchmark.data_root to the bAbI files")
+        root = _generated_root(cache_dir, train_questions, test_questions)
+        layout = "en"
+    else:
+        root = Path(data_root)
+    return {split: {t: qs[:n] for t, qs in load_babi(tasks, split, root, layout).items()}
+            for split, n in (("train", train_questions), ("test", test_questions))}
+
+
+def _memnet_layout(questions, vocab, max_memory: int, slots: int, width: int):
+    data = encode_memnet(questions, vocab, max_memory, max_sentence_len=width, max_query_len=width)
+    x = torch.zeros(len(questions), slots + 1, width, dtype=torch.long)
+    x[:, :data.stories.shape[1]] = data.stories
+    x[:, slots] = data.queries
+    return x, data.answers
+
+
+def _sequence_layout(questions, vocab, max_memory: int, steps: int):
+    data = encode_sequence(questions, vocab, one_hot=False, max_memory=max_memory)
+    x = torch.zeros(len(questions), steps, dtype=torch.long)
+    lengths = data.mask.long().argmax(dim=1) + 1
+    for n, length in enumerate(lengths.tolist()):
+        x[n, steps - length:] = data.inputs[n, :length]  # left-padded: the answer step is the last one
+    return x, data.targets[torch.arange(len(questions)), lengths - 1]
+
+
+def babi_experiences(experiences: list[list[int]], questions: dict, encoding: str, max_memory: int) -> tuple:
+    """``({split: [SequenceDataset per experience]}, input_shape, vocabulary size)``; one vocabulary and one
+    layout over every task and split of the stream."""
+    everything = [q for split in questions.values() for qs in split.values() for q in qs]
+    vocab = Vocabulary.build(everything)
+    contexts = [q.context[-max_memory:] if max_memory else q.context for q in everything]
+    if encoding == "memnet":
+        slots = max(1, max(len(c) for c in contexts))
+        width = max([len(s) for c in contexts for s in c] + [len(q.question) for q in everything])
+        shape = (slots + 1, width)
+    else:
+        steps = max(sum(len(s) + 1 for s in c) + len(q.question) + 2 for c, q in zip(contexts, everything))
+        shape = (steps, len(vocab))
+    out: dict[str, list[SequenceDataset]] = {}
+    for split, by_task in questions.items():
+        out[split] = []
+        for group in experiences:
+            qs = [q for t in group for q in by_task[t]]
+            if encoding == "memnet":
+                x, y = _memnet_layout(qs, vocab, max_memory, shape[0] - 1, shape[1])
+            else:
+                x, y = _sequence_layout(qs, vocab, max_memory, shape[0])
+            info = torch.tensor([[q.task, len(q.context)] for q in qs], dtype=torch.long)
+            out[split].append(SequenceDataset(x, y, info, y.clone(), one_hot=len(vocab) if encoding == "sequence"
+                                              else None))
+    return out, shape, len(vocab)
+
+
+_BABI_OPTS = {
+    "tasks": Opt(str, ",".join(map(str, GENERATED_TASKS)), help="comma-separated bAbI tasks in experience order"),
+    "groups": Opt(str, None, nullable=True, help="experiences as groups of tasks, e.g. '1,2;6,7;15' (overrides tasks)"),
+    "order": Opt(str, "given", choices=("given", "random"), help="random: permute the experiences with the trial seed"),
+    "data_root": Opt(str, None, nullable=True,
+                     help="folder with <layout>/qa*_*.txt (real bAbI); null: generate tasks 1,2,6,7,15 offline"),
+    "layout": Opt(str, "en", choices=("en", "en-10k")),
+    "cache_dir": Opt(str, None, nullable=True, help="where generated data is cached (default: system temp)"),
+    "encoding": Opt(str, "memnet", choices=("memnet", "sequence"),
+                    help="memnet: for the memn2n model; sequence: one-hot word stream for sequence learners"),
+    "max_memory": Opt(int, 20, min=1, help="most recent story sentences kept"),
+    "train_questions": Opt(int, 1000, min=1, help="training questions per task"),
+    "test_questions": Opt(int, 1000, min=1, help="test questions per task"),
+}
+
+
+def _babi_stream(seed: int, experiences: list[list[int]], data_root, layout, cache_dir, encoding, max_memory,
+                 train_questions, test_questions) -> Stream:
+    tasks = [t for g in experiences for t in g]
+    questions = _babi_questions(tasks, data_root, layout, cache_dir, train_questions, test_questions)
+    data, shape, vocab_size = babi_experiences(experiences, questions, encoding, max_memory)
+    bench = _avalanche_benchmark(data["train"], data["test"])
+    return Stream(bench, shape, vocab_size, metric="error", higher_is_better=False, metric_prefix="Error_Exp",
+                  eval_metrics=lambda: [AnswerError(), BabiTaskErrors()], criterion=AnswerCrossEntropy)
+
+
+@BENCHMARKS.register("continual_babi", _BABI_OPTS,
+                     "bAbI tasks one experience per task (or group of tasks); error = 1 - accuracy")
+def continual_babi(seed: int, tasks: str = _BABI_OPTS["tasks"].default, groups: str | None = None,
+                   order: str = "given", data_root: str | None = None, layout: str = "en",
+                   cache_dir: str | None = None, encoding: str = "memnet", max_memory: int = 20,
+                   train_questions: int = 1000, test_questions: int = 1000) -> Stream:
+    experiences = _ordered(parse_groups(tasks, groups), order, seed)
+    return _babi_stream(seed, experiences, data_root, layout, cache_dir, encoding, max_memory,
+                        train_questions, test_questions)
+
+
+_JOINT_OPTS = {k: v for k, v in _BABI_OPTS.items() if k not in ("groups", "order")}
+
+
+@BENCHMARKS.register("babi_joint", _JOINT_OPTS, "every bAbI task in one experience (joint training)")
+def babi_joint(seed: int, tasks: str = _BABI_OPTS["tasks"].default, data_root: str | None = None,
+               layout: str = "en", cache_dir: str | None = None, encoding: str = "memnet", max_memory: int = 20,
+               train_questions: int = 1000, test_questions: int = 1000) -> Stream:
+    experiences = [[t for g in parse_groups(tasks, None) for t in g]]
+    return _babi_stream(seed, experiences, data_root, layout, cache_dir, encoding, max_memory,
+                        train_questions, test_questions)

@@ -1,0 +1,141 @@
+"""An Avalanche strategy for sequence learners (NTM, DNC, MANN, LSTM, MemN2N) on the streams of
+:mod:`clmem.tasks.streams`, registered as ``sequence``,
+``sequence_ewc`` and ``sequence_replay``.
+
+:class:`SequenceStrategy` is a plain ``SupervisedTemplate`` subclass, so Avalanche's own plugins (EWC, replay,
+SI, LwF, ...) attach unchanged; in experiment files pick
+``sequence``, ``sequence_ewc`` or ``sequence_replay`` (Avalanche's ``EWCPlugin`` / ``ReplayPlugin`` attached).
+What it adds:
+
+* **per-batch state**: every forward starts the learner from its initial (zero) recurrent state; no state
+  crosses batches (the learners of :mod:`clmem.learners` are stateless across calls).
+* **answer-step read-out**: when targets are class ids ``[B]`` and the learner returns ``[B, T, V]``, the
+  output is the last step (the bAbI sequence layout puts the answer there), so Avalanche's accuracy and the
+  streams' metrics see ``[B, V]``.
+* **masked losses** come from the stream (``Stream.criterion``): sigmoid BCE over the scored bits for
+  algorithmic tasks, cross-entropy of the answer for bAbI.
+* **gradient clipping** by global norm (``clip_grad_norm``, null disables).
+* **length curriculum** for algorithmic streams (``curriculum: true``): each experience starts training on
+  sequences of length <= ``curriculum_start`` (lengths from the samples' ``info[:, 1]``) and grows the limit by
+  ``curriculum_step`` when the fraction of wrong scored bits over the last ``curriculum_window`` updates is
+  below ``curriculum_threshold`` (:class:`clmem.tasks.Curriculum`).
+"""
+from __future__ import annotations
+
+import torch
+
+from clmem.options import Opt
+from clmem.tasks.algorithmic import Curriculum, CurriculumConfig
+from strategies.registry import STRATEGIES
+
+__all__ = ["SequenceStrategy", "SEQUENCE_OPTIONS"]
+
+
+def _base():
+    from avalanche.training.templates import SupervisedTemplate
+
+    return SupervisedTemplate
+
+
+class SequenceStrategy(_base()):
+    """``SupervisedTemplate`` for sequence learners; see the module docstring."""
+
+    def __init__(self, *, model, optimizer, criterion, clip_grad_norm: float | None = 10.0,
+                 curriculum: bool = False, curriculum_start: int = 2, curriculum_step: int = 1,
+                 curriculum_threshold: float = 0.1, curriculum_window: int = 10, **kwargs):
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, **kwargs)
+        self.clip_grad_norm = clip_grad_norm
+        self.curriculum_config = (CurriculumConfig(start=curriculum_start, maximum=10 ** 6, step=curriculum_step,
+                                                   threshold=curriculum_threshold, window=curriculum_window)
+                                  if curriculum else None)
+        self.curriculum: Curriculum | None = None
+
+    # -- state and read-out
+    def forward(self):
+        from avalanche.models.utils import avalanche_forward
+
+        reset = getattr(self.model, "reset_state", None)
+        if callable(reset):  # learners that keep a state between calls start afresh per batch
+            reset()
+        out = avalanche_forward(self.model, self.mb_x, self.mb_task_id)
+        if isinstance(out, tuple):  # (logits, state)
+            out = out[0]
+        if out.dim() == 3 and self.mb_y.dim() == 1:
+            out = out[:, -1]  # class-id targets: score the answer (last) step
+        return out
+
+    # -- gradient clipping
+    def optimizer_step(self):
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        super().optimizer_step()
+
+    # -- curriculum
+    def _before_training_exp(self, **kwargs):
+        if self.curriculum_config is not None:
+            self.curriculum = Curriculum(self.curriculum_config)
+        super()._before_training_exp(**kwargs)
+
+    def _unpack_minibatch(self):
+        super()._unpack_minibatch()
+        if self.curriculum is None or not self.is_training or len(self.mbatch) < 4:
+            return
+        lengths = self.mbatch[2][:, 1]
+        keep = lengths <= self.curriculum.current
+        if not bool(keep.any()):
+            keep = lengths == lengths.min()
+        if not bool(keep.all()):
+            self.mbatch = [t[keep] for t in self.mbatch]
+
+    def _after_training_iteration(self, **kwargs):
+        if self.curriculum is not None and self.mb_y.is_floating_point():
+            with torch.no_grad():
+                scored = self.mb_y >= 0
+                wrong = ((self.mb_output > 0) != (self.mb_y > 0.5)) & scored
+                rate = float(wrong.sum()) / max(1, int(scored.sum()))
+            self.curriculum.update(rate)
+        super()._after_training_iteration(**kwargs)
+
+
+_BASE_OPTIONS = {
+    "clip_grad_norm": Opt(float, 10.0, min=1e-9, nullable=True, help="max global gradient norm (null: no clipping)"),
+    "curriculum": Opt(bool, False, help="length curriculum on algorithmic streams"),
+    "curriculum_start": Opt(int, 2, min=1, help="first maximum length of each experience"),
+    "curriculum_step": Opt(int, 1, min=1, help="length added when the curriculum grows"),
+    "curriculum_threshold": Opt(float, 0.1, min=0.0, help="grow when the recent bit error rate is below this"),
+    "curriculum_window": Opt(int, 10, min=1, help="updates averaged before growing"),
+}
+#: Options of each registered name: ``sequence`` (no extra plugin), ``sequence_ewc`` (+ Avalanche's
+#: ``EWCPlugin``), ``sequence_replay`` (+ Avalanche's ``ReplayPlugin``).
+SEQUENCE_OPTIONS: dict[str, dict[str, Opt]] = {
+    "sequence": dict(_BASE_OPTIONS),
+    "sequence_ewc": {**_BASE_OPTIONS, "ewc_lambda": Opt(float, 10.0, min=0.0, help="EWC penalty weight"),
+                     "mode": Opt(str, "separate", choices=("separate", "online")),
+                     "decay_factor": Opt(float, None, min=0.0, max=1.0, nullable=True, help="online EWC decay")},
+    "sequence_replay": {**_BASE_OPTIONS, "mem_size": Opt(int, 200, min=1, help="replay buffer size (samples)")},
+}
+
+
+def _builder(name: str):
+    def build(*, plugins=None, ewc_lambda: float = 10.0, mode: str = "separate", decay_factor=None,
+              mem_size: int = 200, **kwargs):
+        from avalanche.training.plugins import EWCPlugin, ReplayPlugin
+
+        plugins = list(plugins or [])
+        if name == "sequence_ewc":
+            plugins.append(EWCPlugin(ewc_lambda=ewc_lambda, mode=mode, decay_factor=decay_factor))
+        elif name == "sequence_replay":
+            plugins.append(ReplayPlugin(mem_size=mem_size))
+        return SequenceStrategy(plugins=plugins, **kwargs)
+
+    build.__name__ = f"build_{name}"
+    return build
+
+
+_DESCRIPTIONS = {
+    "sequence": "sequence learners: per-batch state, masked loss, gradient clipping, length curriculum",
+    "sequence_ewc": "the sequence strategy with Avalanche's EWCPlugin",
+    "sequence_replay": "the sequence strategy with Avalanche's ReplayPlugin",
+}
+for _name, _options in SEQUENCE_OPTIONS.items():
+    STRATEGIES.register(_name, _options, _DESCRIPTIONS[_name])(_builder(_name))
