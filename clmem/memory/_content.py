@@ -30,6 +30,7 @@ class ContentWeights(torch.autograd.Function):
     def backward(ctx, grad_weights: Tensor) -> Tuple[Optional[Tensor], ...]:
         memory, keys, strengths, weights, similarity, denominator, key_norms, memory_norms = ctx.saved_tensors
         need_memory, need_keys, need_strengths, _ = ctx.needs_input_grad
+        grad_weights = grad_weights.contiguous()  # strided views make the batched matmuls below fall back to loops
         grad_logits = weights * (grad_weights - (grad_weights * weights).sum(-1, keepdim=True))
         grad_strengths = (grad_logits * similarity).sum(-1) if need_strengths else None
         grad_dot = grad_logits.mul_(strengths.unsqueeze(-1)).div_(denominator)  # d/d(k.M)

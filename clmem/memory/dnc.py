@@ -109,7 +109,6 @@ class DNCMemory(nn.Module):
         )
         return addr.write_weights(content, allocation, interface.allocation_gates, interface.write_gates)
 
-
     def step(self, interface: DNCInterface, prev_state: DNCState) -> Tuple[Tensor, DNCState]:
         """One memory step: ``(read_words [B, R, W], next_state)``."""
         usage = addr.update_usage(

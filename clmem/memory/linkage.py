@@ -105,13 +105,15 @@ def _accumulate_read_gradients(
     b, h, n, _ = link.shape
     reads = read_weights.unsqueeze(1).expand(b, h, -1, n)  # [B, H, R, N]
     lefts, rights, grad_read = [], [], None
+    # incoming gradients are often strided views (cat/sum backward): make them dense, or bmm falls back to a
+    # slow per-matrix loop
     if grad_forward is not None:
-        g = grad_forward.permute(0, 2, 1, 3)  # [B, H, R, N]
+        g = grad_forward.permute(0, 2, 1, 3).contiguous()  # [B, H, R, N]
         lefts.append(g.transpose(-1, -2))
         rights.append(reads)
         grad_read = torch.matmul(g, link).sum(1)
     if grad_backward is not None:
-        g = grad_backward.permute(0, 2, 1, 3)
+        g = grad_backward.permute(0, 2, 1, 3).contiguous()
         lefts.append(reads.transpose(-1, -2))
         rights.append(g)
         term = torch.matmul(g, link.transpose(-1, -2)).sum(1)
