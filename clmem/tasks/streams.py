@@ -31,6 +31,7 @@ answer ids for bAbI and the task index for algorithmic streams. Task labels are 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +54,7 @@ from .babi_gen import GENERATED_TASKS, write_babi
 __all__ = [
     "IGNORE", "FAIL_THRESHOLD", "ALGORITHMIC_TASKS", "SequenceDataset", "MaskedBitLoss", "masked_bit_loss",
     "answer_cross_entropy", "AnswerCrossEntropy", "wrong_bits", "BitsPerSequence", "SequenceError",
-    "AnswerError", "BabiTaskErrors", "parse_groups", "algorithmic_experiences", "babi_experiences",
+    "AnswerError", "BabiTaskErrors", "report_metrics", "parse_groups", "algorithmic_experiences", "babi_experiences",
     "continual_algorithmic", "continual_babi", "babi_joint",
 ]
 
@@ -256,6 +257,25 @@ class BabiTaskErrors(_Plugin):
 
     def __str__(self) -> str:
         return "BabiTaskErrors"
+
+
+_REPORT_KEYS = {"BitsPerSeq_Exp": "bits_per_seq_exp_{}", "SeqError_Exp": "seq_error_exp_{}", "Error_Exp": "error_exp_{}"}
+_EXP_NAME = re.compile(r"^(BitsPerSeq_Exp|SeqError_Exp|Error_Exp)/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
+_BABI_NAME = re.compile(r"^Babi(Error_qa\d+|MeanError|FailedTasks)/eval_phase/test_stream$")
+_BABI_KEYS = {"MeanError": "babi_mean_error", "FailedTasks": "babi_failed_tasks"}
+
+
+def report_metrics(results: dict) -> dict[str, float]:
+    """The streams' metrics in Avalanche eval ``results`` as flat MLflow-safe keys: ``bits_per_seq_exp_<j>``,
+    ``seq_error_exp_<j>``, ``error_exp_<j>`` (test experience ``j``), ``babi_error_qa<N>``, ``babi_mean_error``
+    and ``babi_failed_tasks`` (tasks above 5% error)."""
+    out: dict[str, float] = {}
+    for key, value in results.items():
+        if (m := _EXP_NAME.match(key)):
+            out[_REPORT_KEYS[m.group(1)].format(int(m.group(2)))] = float(value)
+        elif (m := _BABI_NAME.match(key)):
+            out[_BABI_KEYS.get(m.group(1), "babi_" + m.group(1).lower())] = float(value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ orders

@@ -9,6 +9,7 @@ import yaml
 from clmem.catalog import BENCHMARKS, MODELS
 from clmem.cli import main
 from clmem.runner import make_evaluator, seed_everything
+from clmem.tasks.streams import report_metrics
 from strategies.registry import create_strategy
 
 ALGO = {"tasks": "copy,associative_recall", "num_bits": 3, "max_length": 3, "max_items": 3,
@@ -86,6 +87,9 @@ def test_replay_plugin_attaches_unchanged():
     results = strategy.eval(stream.benchmark.test_stream)
     bits = [v for k, v in results.items() if k.startswith("BitsPerSeq_Exp/eval_phase/test_stream/")]
     assert len(bits) == 2 and all(v >= 0 for v in bits)
+    flat = report_metrics(results)
+    assert set(flat) == {"bits_per_seq_exp_0", "bits_per_seq_exp_1", "seq_error_exp_0", "seq_error_exp_1"}
+    assert sorted(flat[f"bits_per_seq_exp_{j}"] for j in range(2)) == sorted(bits)
 
 
 def test_curriculum_limits_training_lengths_and_grows():
@@ -126,3 +130,7 @@ def test_babi_sequence_encoding_reads_the_answer_step(tmp_path):
     assert set(per_task) == {"BabiError_qa1", "BabiError_qa6"}
     failed = results["BabiFailedTasks/eval_phase/test_stream"]
     assert failed == sum(v > 0.05 for v in per_task.values())
+    flat = report_metrics(results)  # what the runner can pass to MLflow
+    assert flat["babi_failed_tasks"] == failed and flat["babi_error_qa6"] == per_task["BabiError_qa6"]
+    assert set(flat) == {"error_exp_0", "error_exp_1", "babi_error_qa1", "babi_error_qa6", "babi_mean_error",
+                         "babi_failed_tasks"}
