@@ -13,7 +13,7 @@ from clmem.models import MODELS
 from strategies.registry import STRATEGIES, TRAINING_OPTIONS
 
 #: Modules that register benchmarks, models or strategies when imported.
-EXTENSIONS: tuple[str, ...] = ("clmem.tasks.streams", "clmem.learners.registry", "strategies.sequence")
+EXTENSIONS: tuple[str, ...] = ("clmem.tasks.streams", "clmem.learners.registry", "strategies.sequence", "strategies.clmem_strategies")
 
 for _module in EXTENSIONS:
     importlib.import_module(_module)
