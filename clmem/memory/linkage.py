@@ -84,7 +84,8 @@ class _LinkUpdate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_link: Tensor) -> Tuple[Optional[Tensor], ...]:
         prev_link, prev_precedence, write_weights = ctx.saved_tensors
-        return _link_backward(grad_link.clone(memory_format=torch.contiguous_format), prev_link, prev_precedence, write_weights, ctx.needs_input_grad)
+        grad = grad_link.clone(memory_format=torch.contiguous_format)
+        return _link_backward(grad, prev_link, prev_precedence, write_weights, ctx.needs_input_grad)
 
 
 def _directional(link: Tensor, read_weights: Tensor) -> Tuple[Tensor, Tensor]:
