@@ -99,6 +99,28 @@ class SparseStore:
         self.indexes = indexes
         self.version = 0
         self.links: Optional[SparseLinks] = None
+        self.unused_from: Optional[Tensor] = torch.zeros(batch, dtype=torch.long, device=memory.device)
+
+    def least_used(self, count: int, window: int = 64) -> Tensor:
+        """``least_used(usage, count)`` ``[B, count]``, without scanning all N slots while never-used slots remain.
+
+        ``unused_from [B]`` is a lower bound of the never-used (usage 0) slots; usage never returns to 0, so the
+        lowest never-used slots are the first zeros at or after it, found in a small window.
+        """
+        if self.unused_from is not None:
+            slots = self.usage.shape[1]
+            offsets = torch.arange(window, device=self.usage.device)
+            candidates = self.unused_from.unsqueeze(1) + offsets  # [B, window]
+            free = (self.usage.gather(1, candidates.clamp(max=slots - 1)) == 0) & (candidates < slots)
+            if bool((free.sum(1) >= count).all()):
+                first = torch.topk(torch.where(free, offsets, window + offsets), count, largest=False).indices
+                picks = candidates.gather(1, first.sort(dim=1).values)
+                self.unused_from = picks[:, 0]
+                return picks
+        picks = least_used(self.usage, count)
+        never_used = self.usage.gather(1, picks[:, :1]).squeeze(1) == 0
+        self.unused_from = picks[:, 0] if bool(never_used.all()) else None
+        return picks
 
     def recycled(self) -> "SparseStore":
         """A store for a new all-zero sequence reusing these buffers: zeroes the changed rows only; retires ``self``
@@ -110,6 +132,7 @@ class SparseStore:
         store = SparseStore.__new__(SparseStore)
         store.memory, store.usage, store.last_writer = self.memory, self.usage.zero_(), self.last_writer.zero_()
         store.base, store.indexes, store.version, store.links = None, self.indexes, 0, self.links
+        store.unused_from = torch.zeros_like(self.usage[:, 0])
         if store.links is not None:
             clear_links(store.links)
         return store
@@ -232,7 +255,7 @@ class SparseMemory(nn.Module):
         """Write step -> ``(pool, write_weights [B,H,J], write_indices [B,J])``; updates store and index."""
         cfg, store = self.config, state.store
         batch = state.read_indices.shape[0]
-        slots = torch.cat([state.read_indices.reshape(batch, -1), least_used(store.usage, cfg.num_writes)], -1)
+        slots = torch.cat([state.read_indices.reshape(batch, -1), store.least_used(cfg.num_writes)], -1)
         raw = sparse_write_weights(state.read_weights, interface.write_gates, interface.interpolation_gates)
         erase = per_slot_total(slots, lru_erase(raw, cfg.num_writes).unsqueeze(1)).squeeze(1).clamp(max=1.0)
         weights = per_slot_total(slots, raw)

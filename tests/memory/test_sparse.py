@@ -341,3 +341,18 @@ def test_merge_top_sums_duplicates_and_keeps_strongest(values, data):
     assert torch.all(val >= 0)
     kept = [i for i, v in zip(idx[0].tolist(), val[0].tolist()) if v > 0]
     assert len(kept) == len(set(kept))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_store_least_used_matches_full_scan(count):
+    from clmem.memory.sparse import SparseStore
+    from clmem.memory.sparse_addressing import least_used
+
+    store = SparseStore(torch.zeros(B, 50, W), indexes=[], base=None)
+    gen = torch.Generator().manual_seed(17)
+    for time in range(1, 40):
+        picks = store.least_used(count, window=8)
+        assert torch.equal(picks, least_used(store.usage, count))
+        touched = torch.cat([picks, torch.randint(0, 50, (B, 3), generator=gen)], dim=1)
+        store.usage.scatter_(1, touched, time)  # the picked slots and a few random ones are accessed
+    assert store.unused_from is None  # every slot has been used: back to full scans
