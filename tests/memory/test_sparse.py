@@ -234,8 +234,9 @@ def test_sparse_dnc_core_gradcheck_one_step():
     assert torch.autograd.gradcheck(one_step, (x, m0), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_sparse_dnc_core_forward_trace_and_detach():
-    core = _core(controller="feedforward")
+@pytest.mark.parametrize("use_links", [False, True])
+def test_sparse_dnc_core_forward_trace_and_detach(use_links):
+    core = _core(controller="feedforward", use_links=use_links)
     x = torch.randn(B, 4, 3, generator=torch.Generator().manual_seed(15))
     y, state, trace = core(x, return_trace=True)
     assert y.shape == (B, 4, 2)
