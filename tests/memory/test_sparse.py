@@ -49,6 +49,25 @@ def test_k_equal_n_matches_dense_reference(heads, zero_init):
         assert torch.equal(sparse_state.store.usage, dense_state.usage)
 
 
+def test_k_equal_n_gradients_match_dense_reference():
+    cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, num_writes=2, k_neighbours=N)
+    memory = SparseMemory(cfg)
+    gen = torch.Generator().manual_seed(18)
+    raw = torch.randn(4, B, cfg.interface_size, generator=gen, dtype=torch.float64)
+    grads = []
+    for dense in (False, True):
+        m0, vectors = _memory(19, requires_grad=True), raw.clone().requires_grad_(True)
+        state = dense_initial_state(m0, R) if dense else memory.initial_state(B, memory=m0)
+        total = 0.0
+        for t in range(4):
+            interface = parse_interface(vectors[t], cfg)
+            reads, state = dense_memory_step(interface, state, cfg) if dense else memory.step(interface, state)
+            total = total + (reads * torch.linspace(-1, 1, W, dtype=torch.float64)).sum()
+        grads.append(torch.autograd.grad(total, (m0, vectors)))
+    for sparse_grad, dense_grad in zip(*grads):
+        torch.testing.assert_close(sparse_grad, dense_grad)
+
+
 def test_index_is_updated_incrementally_and_finds_new_row():
     cfg = SparseMemoryConfig(memory_size=N, word_size=W, num_reads=R, k_neighbours=K)
     memory = SparseMemory(cfg)
