@@ -37,7 +37,8 @@ class Stream(NamedTuple):
     of its per-experience values (``<prefix>/eval_phase/test_stream/[TaskNNN/]ExpNNN``) and
     ``eval_metrics`` a factory of the extra Avalanche ``PluginMetric`` s that produce it (None:
     Avalanche's top-1 accuracy). Error-type scores set ``higher_is_better=False``. ``criterion``
-    is a factory of the training loss (None: cross-entropy).
+    is a factory of the training loss (None: cross-entropy). ``report`` maps Avalanche's eval
+    results to extra per-experience metrics to log (e.g. per-task errors).
     """
 
     benchmark: Any
@@ -48,6 +49,7 @@ class Stream(NamedTuple):
     metric_prefix: str = "Top1_Acc_Exp"
     eval_metrics: Any = None
     criterion: Any = None
+    report: Any = None
 
 
 class _LabelledTensors(TensorDataset):
@@ -176,7 +178,7 @@ def build_stream(name: str, seed: int, **options) -> Stream:
 
 
 #: Checks run in the driver before anything is launched or written, per benchmark name.
-_PREFLIGHT = {
+PREFLIGHT = {
     "split_mnist": lambda opts: check_mnist_root(opts.get("dataset_root") or default_data_root("mnist")),
     "permuted_mnist": lambda opts: check_mnist_root(opts.get("dataset_root") or default_data_root("mnist")),
 }
@@ -184,6 +186,6 @@ _PREFLIGHT = {
 
 def preflight(section: dict) -> None:
     """Fail early (``FileNotFoundError``) when a resolved benchmark section's data is absent."""
-    check = _PREFLIGHT.get(section["name"])
+    check = PREFLIGHT.get(section["name"])
     if check is not None:
         check(section)

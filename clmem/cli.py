@@ -113,8 +113,9 @@ def cmd_run(args) -> int:
     def on_experience(i: int, report: dict) -> None:
         last.update(report)
         tracker.log_experience(run_id, report)
-        print(f"experience {i + 1}/{report['experiences_total']}: seen accuracy "
-              f"{report['seen_acc']:.3f}, stream accuracy {report['stream_acc']:.3f}", flush=True)
+        metric = report.get("metric", "accuracy")
+        print(f"experience {i + 1}/{report['experiences_total']}: {metric} on experiences seen "
+              f"{report['seen_acc']:.3f}, on the whole stream {report['stream_acc']:.3f}", flush=True)
 
     status = "FAILED"
     try:

@@ -153,6 +153,8 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
         R.append(row)
         report = _step_report(i, len(train_stream), R, b, time.perf_counter() - t0, stream)
         report.update(extra)
+        if stream.report is not None:
+            report.update(stream.report(results))
         wall = elapsed + time.perf_counter() - start
         if i == len(train_stream) - 1:
             summary = _summary(R, b, stream, wall)

@@ -42,13 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clmem.benchmarks import BENCHMARKS, Stream
+from clmem.benchmarks import BENCHMARKS, PREFLIGHT, Stream
 from clmem.options import Opt
 
 from .algorithmic import TASKS as _TASK_CLASSES
 from .algorithmic import (AssociativeRecallConfig, CopyConfig, PrioritySortConfig, RepeatCopyConfig,
                           make_task)
-from .babi import Vocabulary, encode_memnet, encode_sequence, load_babi
+from .babi import Vocabulary, babi_file, encode_memnet, encode_sequence, load_babi
 from .babi_gen import GENERATED_TASKS, write_babi
 
 __all__ = [
@@ -403,7 +403,7 @@ def continual_algorithmic(seed: int, tasks: str = _ALGO_OPTS["tasks"].default, o
     bench = _avalanche_benchmark(data["train"], data["test"])
     return Stream(bench, (steps, width_in), width_out, metric="bits_per_sequence", higher_is_better=False,
                   metric_prefix="BitsPerSeq_Exp", eval_metrics=lambda: [BitsPerSequence(), SequenceError()],
-                  criterion=MaskedBitLoss)
+                  criterion=MaskedBitLoss, report=report_metrics)
 
 
 # -------------------------------------------------------------------------------------------- bAbI
@@ -509,7 +509,8 @@ def _babi_stream(seed: int, experiences: list[list[int]], data_root, layout, cac
     data, shape, vocab_size = babi_experiences(experiences, questions, encoding, max_memory)
     bench = _avalanche_benchmark(data["train"], data["test"])
     return Stream(bench, shape, vocab_size, metric="error", higher_is_better=False, metric_prefix="Error_Exp",
-                  eval_metrics=lambda: [AnswerError(), BabiTaskErrors()], criterion=AnswerCrossEntropy)
+                  eval_metrics=lambda: [AnswerError(), BabiTaskErrors()], criterion=AnswerCrossEntropy,
+                  report=report_metrics)
 
 
 @BENCHMARKS.register("continual_babi", _BABI_OPTS,
@@ -533,3 +534,17 @@ def babi_joint(seed: int, tasks: str = _BABI_OPTS["tasks"].default, data_root: s
     experiences = [[t for g in parse_groups(tasks, None) for t in g]]
     return _babi_stream(seed, experiences, data_root, layout, cache_dir, encoding, max_memory,
                         train_questions, test_questions)
+
+
+def _check_babi_files(section: dict) -> None:
+    """Driver-side check before a grid starts: every requested task's files exist under data_root."""
+    if section.get("data_root") is None:
+        return  # generated offline
+    for group in parse_groups(section.get("tasks", _BABI_OPTS["tasks"].default), section.get("groups")):
+        for task in group:
+            for split in ("train", "test"):
+                babi_file(task, split, section["data_root"], section.get("layout", "en"))
+
+
+PREFLIGHT["continual_babi"] = _check_babi_files
+PREFLIGHT["babi_joint"] = _check_babi_files
