@@ -1,0 +1,42 @@
+"""Shared by the grid benchmarks: run an experiment file through clmem's own grid and read it back."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run_experiment(name: str, overrides: dict, axes: list[str],
+                   columns=("ACC", "BWT", "Forgetting", "wall_time_s")) -> list[dict]:
+    """Run ``experiments/<name>.yaml`` (top-level keys replaced by ``overrides``) on local Ray,
+    tracked in a temporary SQLite store; return mean ± sd over seeds per group of ``axes``."""
+    from clmem.compare import group_rows
+    from clmem.config import Experiment
+    from clmem.grid import run_grid
+    from clmem.tracking import Tracker
+
+    raw = yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            raw[key] = {**raw.get(key, {}), **value}
+        else:
+            raw[key] = value
+    experiment = Experiment.from_dict(raw)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
+            parent, failed = run_grid(experiment, tracker, progress=lambda line: print(line, flush=True))
+            runs = [{"params": dict(r.data.params), "metrics": dict(r.data.metrics), "status": r.info.status}
+                    for r in tracker.children(tracker.client.get_run(parent))]
+        finally:
+            os.chdir(cwd)
+    if failed:
+        raise SystemExit(f"{failed} trial(s) failed")
+    return group_rows(runs, axes, columns)
