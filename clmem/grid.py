@@ -293,7 +293,10 @@ def _fit(experiment, jobs, callback, storage: Path, parent_id: str, max_concurre
             name=f"{experiment.name}-{parent_id[:8]}{suffix}", storage_path=str(storage), verbose=0,
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # num_to_keep would force a Tune experiment snapshot every num_to_keep checkpoints
+            # (one per experience): a measured bottleneck. Checkpoints are small (model, optimizer,
+            # plugin state) and one is written per experience.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
     tuner.fit()
