@@ -28,7 +28,9 @@ class CoreConfig:
     ``clip_value=None`` disables clipping of controller and core outputs. ``checkpoint_every`` trades compute for
     memory when training: ``k >= 1`` recomputes the unroll in segments of ``k`` steps during backward
     (``torch.utils.checkpoint``), ``0`` never does, ``None`` (default) decides per call: on for a DNC whose link
-    state ``B*H*N*N`` has at least 2**23 elements, with segments of ``ceil(sqrt(T))`` steps.
+    state ``B*H*N*N`` has at least 2**23 elements, with segments of ``ceil(sqrt(T))`` steps. A memory with
+    ``start_unroll`` (the DNC: its link matrices go to a ``LinkTape``, which recomputes only them) is never
+    checkpointed with ``0`` or ``None``; ``checkpoint_segment`` then only reports the generic policy.
     """
 
     input_size: int
@@ -164,14 +166,18 @@ class MemoryCore(nn.Module):
             read_words=torch.zeros(batch_size, c.num_reads, c.word_size, device=device, dtype=dtype),
         )
 
-    def step(self, x_t: Tensor, prev_state: CoreState) -> Tuple[Tensor, CoreState]:
-        """One time step: ``x_t [B, input_size]`` -> ``(y_t [B, output_size], next_state)``."""
+    def step(self, x_t: Tensor, prev_state: CoreState, tape: Any = None) -> Tuple[Tensor, CoreState]:
+        """One time step: ``x_t [B, input_size]`` -> ``(y_t [B, output_size], next_state)``; ``tape`` is the
+        memory's unroll helper inside ``forward`` (``None`` for a standalone step)."""
         batch_size = x_t.shape[0]
         controller_input = torch.cat([x_t, prev_state.read_words.reshape(batch_size, -1)], dim=-1)
         controller_output, controller_state = self.controller(controller_input, prev_state.controller_state)
         controller_output = self._clip(controller_output)
         interface = self.memory.parse_interface(self.interface_layer(controller_output))
-        read_words, memory_state = self.memory.step(interface, prev_state.memory_state)
+        if tape is None:
+            read_words, memory_state = self.memory.step(interface, prev_state.memory_state)
+        else:
+            read_words, memory_state = self.memory.step(interface, prev_state.memory_state, tape=tape)
         output = self.output_layer(torch.cat([controller_output, read_words.reshape(batch_size, -1)], dim=-1))
         return self._clip(output), CoreState(controller_state, memory_state, read_words)
 
@@ -185,7 +191,14 @@ class MemoryCore(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
         segment = self.checkpoint_segment(x, state)
-        if segment is None:
+        if self.config.checkpoint_every in (None, 0) and hasattr(self.memory, "start_unroll"):
+            # the memory keeps its large state (the DNC link) in a tape that recomputes only that state, so
+            # no segment of the network is recomputed
+            memory_state, tape = self.memory.start_unroll(state.memory_state, x.shape[1])
+            y, state, memory_states = self._unroll(x, state._replace(memory_state=memory_state), return_trace,
+                                                   tape)
+            state = state._replace(memory_state=self.memory.finish_unroll(state.memory_state, tape))
+        elif segment is None:
             y, state, memory_states = self._unroll(x, state, return_trace)
         else:
             pieces, memory_states = [], []
@@ -201,12 +214,14 @@ class MemoryCore(nn.Module):
             return y, state
         return y, state, self._trace(memory_states)
 
-    def _unroll(self, x: Tensor, state: CoreState, record: bool) -> Tuple[Tensor, CoreState, List[Any]]:
+    def _unroll(
+        self, x: Tensor, state: CoreState, record: bool, tape: Any = None
+    ) -> Tuple[Tensor, CoreState, List[Any]]:
         """Run ``step`` over ``x [B, T, D]``; returns outputs, final state and (if ``record``) detached memory
         states."""
         outputs, memory_states = [], []
         for t in range(x.shape[1]):
-            y_t, state = self.step(x[:, t], state)
+            y_t, state = self.step(x[:, t], state, tape)
             outputs.append(y_t)
             if record:
                 memory_states.append(detach_state(state.memory_state))

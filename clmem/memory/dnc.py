@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from . import addressing as addr
 from ._interface import groups_size, split_grouped_interface
+from .link_tape import LinkTape
 from ._validation import check_int
 
 
@@ -109,8 +110,14 @@ class DNCMemory(nn.Module):
         )
         return addr.write_weights(content, allocation, interface.allocation_gates, interface.write_gates)
 
-    def step(self, interface: DNCInterface, prev_state: DNCState) -> Tuple[Tensor, DNCState]:
-        """One memory step: ``(read_words [B, R, W], next_state)``."""
+    def step(
+        self, interface: DNCInterface, prev_state: DNCState, tape: Optional[LinkTape] = None
+    ) -> Tuple[Tensor, DNCState]:
+        """One memory step: ``(read_words [B, R, W], next_state)``.
+
+        With a ``tape`` (from ``start_unroll``) the link matrix lives in the tape and ``prev_state.link`` /
+        ``next_state.link`` are the tape's step tokens; ``finish_unroll`` puts the real link back.
+        """
         usage = addr.update_usage(
             prev_state.usage, prev_state.write_weights, interface.free_gates, prev_state.read_weights
         )
@@ -118,13 +125,28 @@ class DNCMemory(nn.Module):
         memory = addr.erase_and_write(
             prev_state.memory, write_weights, interface.erase_vectors, interface.write_vectors
         )
-        link, forward, backward = addr.temporal_link_step(
-            prev_state.link, prev_state.precedence, write_weights, prev_state.read_weights
-        )
+        if tape is None:
+            link, forward, backward = addr.temporal_link_step(
+                prev_state.link, prev_state.precedence, write_weights, prev_state.read_weights
+            )
+        else:
+            forward, backward, link = tape.step(
+                prev_state.link, prev_state.precedence, write_weights, prev_state.read_weights
+            )
         precedence = addr.update_precedence(prev_state.precedence, write_weights)
         content = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
         read_weights = addr.read_weights(content, forward, backward, interface.read_modes)
         next_state = DNCState(memory, read_weights, write_weights, usage, link, precedence)
         return addr.read_memory(memory, read_weights), next_state
+
+    def start_unroll(self, state: DNCState, steps: int) -> Tuple[DNCState, LinkTape]:
+        """A ``LinkTape`` for ``steps`` calls of ``step(..., tape=tape)`` starting from ``state`` (whose link is
+        then the tape's first token). Without autograd no checkpoints are kept."""
+        segment = None if torch.is_grad_enabled() else steps + 1
+        return state, LinkTape(state.link, steps, segment)
+
+    def finish_unroll(self, state: DNCState, tape: LinkTape) -> DNCState:
+        """``state`` with the tape's final link ``[B, H, N, N]`` in place of the token."""
+        return state._replace(link=tape.final_link(state.link))
 
     forward = step

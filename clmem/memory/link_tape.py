@@ -1,0 +1,243 @@
+"""Temporal link over a whole unroll with the ``[B, H, N, N]`` link matrix kept outside autograd (``LinkTape``).
+
+Per step ``t`` (one autograd node, ``LinkTape.step``), for every link matrix ``L`` (one per batch item and write
+head, flattened to ``M = B*H`` matrices)::
+
+    L_t[i, j] = (1 - w_i - w_j) L_{t-1}[i, j] + w_i p_j       (diagonal kept at 0)
+    f[r, i]   = sum_j L_t[i, j] v[r, j]                         (forward read weights)
+    b[r, j]   = sum_i v[r, i] L_t[i, j]                         (backward read weights)
+
+with ``w = w^w_t``, ``p = p_{t-1}``, ``v = w^r_{t-1}``. Only the small vectors go through autograd; the tape
+holds the link matrices in a few reused buffers:
+
+* forward: ``L_t`` is written into the other buffer of a ping-pong pair (no ``N x N`` allocation per step); every
+  ``segment`` steps the pair's buffer is kept as a checkpoint instead (no copy). The elementwise update and the two
+  directional reads run over row blocks that stay in cache, so each step reads ``L_{t-1}`` and writes ``L_t`` about
+  once from main memory.
+* backward (reverse time): ``G = dLoss/dL_t`` lives in one buffer, handed from step to step (the steps are chained
+  by a 0-dim token so autograd runs them in reverse order). Step ``t`` adds the read gradients
+  ``G += gf^T v + v^T gb``, zeroes its diagonal, forms ``dp_j = sum_i G_ij w_i``,
+  ``dw_k = sum_j G_kj (p_j - L_{t-1}[k, j]) - sum_i G_ik L_{t-1}[i, k]``,
+  ``dv = gf L_t + gb L_t^T`` and then ``G <- (1 - w_i - w_j) G`` in place, which is ``dLoss/dL_{t-1}``.
+  ``L_t`` and ``L_{t-1}`` are recomputed per segment from the checkpoint (only the link, not the network).
+
+Memory: ``~ (T / segment + segment + 4)`` link-sized buffers instead of one per step; the segment is chosen by
+``LinkTape`` from the sequence length and a byte budget (all steps kept when they fit).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_BLOCK_ELEMENTS = 1 << 18  # row blocks of ~1 MiB (float32): the elementwise passes stay in the L2 cache
+KEEP_ALL_BYTES = 1 << 28  # keep every step's link (no recompute) when they fit in 256 MiB
+
+
+def _blocks(m: int, n: int) -> List[Tuple[slice, slice]]:
+    """``(matrix slice, row slice)`` blocks of ``[m, n, n]`` with about ``_BLOCK_ELEMENTS`` elements each."""
+    if n * n >= _BLOCK_ELEMENTS:
+        rows = max(1, _BLOCK_ELEMENTS // n)
+        return [(slice(k, k + 1), slice(i, min(i + rows, n))) for k in range(m) for i in range(0, n, rows)]
+    per = max(1, _BLOCK_ELEMENTS // (n * n))
+    return [(slice(k, min(k + per, m)), slice(0, n)) for k in range(0, m, per)]
+
+
+def _update_block(out: Tensor, prev: Tensor, w: Tensor, p: Tensor, rows: slice) -> None:
+    """``out = (1 - w_i - w_j) prev + w_i p_j`` with zero diagonal on a block ``[m, r, N]`` (rows ``rows``).
+
+    ``w``, ``p`` are the block's ``[m, N]`` vectors (all columns)."""
+    w_rows = w[:, rows].unsqueeze(-1)  # [m, r, 1]
+    torch.mul(prev, 1.0 - w_rows, out=out)
+    out.addcmul_(prev, w.unsqueeze(-2), value=-1.0)
+    out.baddbmm_(w_rows, p.unsqueeze(-2))
+    out.diagonal(offset=rows.start, dim1=-2, dim2=-1).zero_()
+
+
+class LinkTape:
+    """Link state of one unroll of ``steps`` time steps (see the module docstring).
+
+    Args:
+        link: initial link ``[B, H, N, N]`` (may require grad: it gets ``dLoss/dL_{-1}``).
+        steps: number of time steps ``T`` the unroll will run (sets the checkpoint segment).
+        segment: steps per checkpoint segment; default: all steps kept if they fit in ``KEEP_ALL_BYTES``,
+            else ``ceil(sqrt(T))``.
+    """
+
+    def __init__(self, link: Tensor, steps: int, segment: Optional[int] = None) -> None:
+        b, h, n, _ = link.shape
+        self.shape, self.m, self.n, self.heads = link.shape, b * h, n, h
+        if segment is None:
+            keep_all = steps * link.numel() * link.element_size() <= KEEP_ALL_BYTES
+            segment = 1 if keep_all else max(1, math.ceil(math.sqrt(steps)))
+        self.segment = segment
+        self.blocks = _blocks(self.m, n)
+        self.inputs: List[Tuple[Tensor, Tensor]] = []  # (p_{t-1}, w_t) flat [M, N], detached
+        self.checkpoints: Dict[int, Tensor] = {-1: link.detach().reshape(self.m, n, n)}
+        self.current = self.checkpoints[-1]
+        self.spare: Optional[Tensor] = None
+        self.grad: Optional[Tensor] = None
+        self.grad_step = -2  # step t whose dLoss/dL_t is in ``grad``
+        self.cache: Dict[int, Tensor] = {}  # recomputed links of the segment being differentiated
+        self.cache_segment = -1
+        self.seg_buffers: List[Tensor] = []
+
+    # ------------------------------------------------------------------ forward
+    def step(self, token: Tensor, prev_precedence: Tensor, write_weights: Tensor,
+             prev_read_weights: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """One step: ``(forward [B, R, H, N], backward [B, R, H, N], token)``. ``token`` is the initial link for
+        the first step and the previous step's token after that."""
+        return _LinkTapeStep.apply(self, token, prev_precedence, write_weights, prev_read_weights)
+
+    def final_link(self, token: Tensor) -> Tensor:
+        """The link after the last step as a fresh ``[B, H, N, N]`` tensor (differentiable)."""
+        return _LinkTapeFinal.apply(self, token)
+
+    def _forward(self, p: Tensor, w: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """Advance the link; ``p, w [M, N]``, ``v [M, R, N]`` -> ``f [M, N, R]``, ``b [M, R, N]``."""
+        t = len(self.inputs)
+        self.inputs.append((p, w))
+        prev = self.current
+        out = self.spare if self.spare is not None else torch.empty_like(prev)
+        f = prev.new_empty(self.m, self.n, v.shape[1])
+        b = prev.new_zeros(self.m, v.shape[1], self.n)
+        for mats, rows in self.blocks:
+            block = out[mats, rows]
+            _update_block(block, prev[mats, rows], w[mats], p[mats], rows)
+            torch.bmm(block, v[mats].transpose(1, 2), out=f[mats, rows])
+            b[mats].baddbmm_(v[mats, :, rows], block)
+        if (t + 1) % self.segment == 0:
+            self.checkpoints[t] = out
+        self.spare = None if any(prev is c for c in self.checkpoints.values()) else prev
+        self.current = out
+        return f, b
+
+    # ------------------------------------------------------------------ backward
+    def _link_at(self, t: int) -> Tensor:
+        """``L_t`` (``t >= -1``): a checkpoint or recomputed for its segment."""
+        if t in self.checkpoints:
+            return self.checkpoints[t]
+        seg = t // self.segment
+        if seg != self.cache_segment:
+            start = seg * self.segment
+            stop = min(start + self.segment, len(self.inputs))
+            prev = self._link_at(start - 1)
+            self.cache = {}
+            for k, u in enumerate(range(start, stop)):
+                if u in self.checkpoints:
+                    self.cache[u] = self.checkpoints[u]
+                    prev = self.cache[u]
+                    continue
+                while len(self.seg_buffers) <= k:
+                    self.seg_buffers.append(torch.empty_like(prev))
+                out = self.seg_buffers[k]
+                p, w = self.inputs[u]
+                for mats, rows in self.blocks:
+                    _update_block(out[mats, rows], prev[mats, rows], w[mats], p[mats], rows)
+                self.cache[u] = prev = out
+            self.cache_segment = seg
+        return self.cache[t]
+
+    def _backward(self, t: int, gf: Optional[Tensor], gb: Optional[Tensor], v: Tensor,
+                  need_v: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Step ``t`` backward with ``gf, gb [M, R, N]`` (or ``None``): returns ``dp, dw [M, N]``, ``dv [M, R, N]``
+        and leaves ``dLoss/dL_{t-1}`` in ``self.grad``."""
+        m, n = self.m, self.n
+        link, prev = self._link_at(t), self._link_at(t - 1)
+        p, w = self.inputs[t]
+        if self.grad is None or self.grad_step != t:
+            self.grad = link.new_zeros(m, n, n)
+        grad = self.grad
+        lefts, rights = [], []
+        if gf is not None:
+            lefts.append(gf)
+            rights.append(v)
+        if gb is not None:
+            lefts.append(v)
+            rights.append(gb)
+        left = torch.cat(lefts, 1) if len(lefts) > 1 else (lefts[0] if lefts else None)  # [M, k, N]
+        right = torch.cat(rights, 1) if len(rights) > 1 else (rights[0] if rights else None)
+        dv = v.new_zeros(v.shape) if need_v and left is not None else None
+        dp = p.new_zeros(m, 1, n)
+        dw = torch.empty_like(w)
+        dw_cols = w.new_zeros(m, n)
+        scratch = torch.empty(_BLOCK_ELEMENTS, dtype=link.dtype, device=link.device)
+        one_minus_w = 1.0 - w
+        for mats, rows in self.blocks:
+            g = grad[mats, rows]  # [m, r, N]
+            if left is not None:
+                g.baddbmm_(left[mats, :, rows].transpose(1, 2), right[mats])
+            g.diagonal(offset=rows.start, dim1=-2, dim2=-1).zero_()
+            if dv is not None:
+                lt = link[mats, rows]
+                if gf is not None:
+                    dv[mats].baddbmm_(gf[mats, :, rows], lt)
+                if gb is not None:
+                    dv[mats, :, rows] += torch.bmm(gb[mats], lt.transpose(1, 2))
+            dp[mats].baddbmm_(w[mats, rows].unsqueeze(1), g)
+            tmp = scratch[: g.numel()].view(g.shape)
+            torch.mul(g, prev[mats, rows], out=tmp)
+            dw[mats, rows] = torch.bmm(g, p[mats].unsqueeze(-1)).squeeze(-1) - tmp.sum(-1)
+            dw_cols[mats] += tmp.sum(-2)
+            torch.mul(g, w[mats].unsqueeze(-2), out=tmp)  # G <- (1 - w_i - w_j) G
+            g.mul_(one_minus_w[mats, rows].unsqueeze(-1)).sub_(tmp)
+        dw -= dw_cols
+        self.grad_step = t - 1
+        return dp.squeeze(1), dw, dv
+
+
+class _LinkTapeStep(torch.autograd.Function):
+    """One ``LinkTape`` step; saves nothing of size ``N x N`` (the tape does)."""
+
+    @staticmethod
+    def forward(ctx, tape: LinkTape, token, prev_precedence, write_weights, prev_read_weights):
+        b, h, n = write_weights.shape
+        r = prev_read_weights.shape[1]
+        v = prev_read_weights.unsqueeze(1).expand(b, h, r, n).reshape(b * h, r, n)
+        p = prev_precedence.detach().reshape(b * h, n)
+        w = write_weights.detach().reshape(b * h, n)
+        ctx.tape, ctx.t = tape, len(tape.inputs)
+        ctx.dims = (b, h, r, n)
+        ctx.save_for_backward(v)
+        ctx.set_materialize_grads(False)
+        f, bw = tape._forward(p, w, v)
+        forward = f.view(b, h, n, r).permute(0, 3, 1, 2)
+        backward = bw.view(b, h, r, n).transpose(1, 2)
+        return forward, backward, token.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_forward, grad_backward, _grad_token):
+        (v,) = ctx.saved_tensors
+        b, h, r, n = ctx.dims
+        tape, t = ctx.tape, ctx.t
+        gf = None if grad_forward is None else grad_forward.permute(0, 2, 1, 3).reshape(b * h, r, n)
+        gb = None if grad_backward is None else grad_backward.permute(0, 2, 1, 3).reshape(b * h, r, n)
+        dp, dw, dv = tape._backward(t, gf, gb, v, ctx.needs_input_grad[4])
+        if dv is not None:
+            dv = dv.view(b, h, r, n).sum(1)
+        grad_token = None
+        if ctx.needs_input_grad[1]:
+            grad_token = tape.grad.view(tape.shape) if t == 0 else tape.grad.new_zeros(())
+        if t == 0:
+            tape.grad, tape.grad_step = None, -2
+        return (None, grad_token, dp.view(b, h, n) if ctx.needs_input_grad[2] else None,
+                dw.view(b, h, n) if ctx.needs_input_grad[3] else None, dv)
+
+
+class _LinkTapeFinal(torch.autograd.Function):
+    """Copy of the tape's last link; its gradient seeds the tape's ``dLoss/dL_{T-1}``."""
+
+    @staticmethod
+    def forward(ctx, tape: LinkTape, token):
+        ctx.tape, ctx.t = tape, len(tape.inputs) - 1
+        return tape.current.clone().view(tape.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tape = ctx.tape
+        tape.grad = grad.reshape(tape.m, tape.n, tape.n).clone()
+        tape.grad_step = ctx.t
+        return None, grad.new_zeros(())
