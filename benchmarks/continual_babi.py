@@ -1,0 +1,122 @@
+"""Continual bAbI with MemN2N: naive fine-tuning (``sequence``) vs replay (``sequence_replay``) vs EWC
+(``sequence_ewc``), through clmem's own runner (``clmem.runner.run_trial``).
+
+Stream: the real bAbI v1.2 ``en`` (1k) tasks 1, 2, 6, 7, 15, one experience per task, in that order (benchmark
+``continual_babi`` with ``data_root`` set; see ``experiments/continual_babi.yaml`` for the keys). The stream's metric is
+the *error* (1 − accuracy, lower is better), so ACC is the mean final error, BWT the mean change of each earlier
+task's error (positive = it got worse) and forgetting the average rise of the error above its best earlier value, as
+``clmem.metrics`` defines them for lower-is-better metrics.
+
+    .venv/bin/python benchmarks/continual_babi.py                    # 3 strategies x --seeds
+    .venv/bin/python benchmarks/continual_babi.py --quick            # 1 epoch per experience, 100 questions
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from clmem.config import Experiment  # noqa: E402
+from clmem.runner import run_trial  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+STRATEGIES = ["sequence", "sequence_replay", "sequence_ewc"]
+
+
+def default_data() -> Path:
+    if os.environ.get("CLMEM_DATA"):
+        return Path(os.environ["CLMEM_DATA"]) / "babi"
+    return REPO.parent / "shared" / "data" / "babi"
+
+
+def experiment(args) -> dict:
+    return {
+        "name": "continual_babi_benchmark",
+        "benchmark": {"name": "continual_babi", "tasks": args.tasks, "data_root": str(args.data),
+                      "encoding": "memnet", "max_memory": args.max_memory,
+                      "train_questions": args.train_questions, "test_questions": args.test_questions},
+        "model": {"name": "memn2n", "embedding_dim": args.dim, "hops": 3},
+        "strategy": {"name": args.strategies, "train_epochs": args.epochs, "train_mb_size": 32,
+                     "eval_mb_size": 256, "optimizer": "adam", "lr": args.lr, "clip_grad_norm": 40.0,
+                     "sequence_replay": {"mem_size": args.mem_size},
+                     "sequence_ewc": {"ewc_lambda": args.ewc_lambda}},
+        "seeds": args.seeds,
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    p.add_argument("--tasks", default="1,2,6,7,15")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--dim", type=int, default=20)
+    p.add_argument("--max-memory", type=int, default=20)
+    p.add_argument("--train-questions", type=int, default=1000)
+    p.add_argument("--test-questions", type=int, default=1000)
+    p.add_argument("--mem-size", type=int, default=500)
+    p.add_argument("--ewc-lambda", type=float, default=100.0)
+    p.add_argument("--data", type=Path, default=default_data())
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tag", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.quick:
+        args.epochs, args.train_questions, args.test_questions, args.seeds = 1, 100, 100, args.seeds[:1]
+    if not (args.data / "en").is_dir():
+        sys.exit(f"bAbI data not found: expected {args.data}/en (pass --data or set CLMEM_DATA)")
+    raw = experiment(args)
+    exp = Experiment.from_dict(raw)
+    rows = []
+    for trial in exp.trials:
+        name, seed = trial["strategy"]["name"], trial["seed"]
+        print(f"[{name} seed {seed}] start", flush=True)
+        t0 = time.perf_counter()
+        result = run_trial(trial, on_experience=lambda i, rep: print(
+            f"[{name} seed {seed}] after experience {i}: errors {[round(x, 3) for x in rep['R'][-1]]}", flush=True))
+        rows.append({"strategy": name, "seed": seed, "R": result.R, "b": result.b,
+                     "summary": {k: v for k, v in result.summary.items() if isinstance(v, (int, float))},
+                     "wall_seconds": time.perf_counter() - t0})
+        print(f"[{name} seed {seed}] summary {rows[-1]['summary']}", flush=True)
+    payload = {"experiment": raw, "runs": rows,
+               "environment": {"host": platform.node(), "torch": torch.__version__, "loadavg_end": os.getloadavg()}}
+    name = "continual_babi" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    tasks = args.tasks.split(",")
+    lines = ["# Continual bAbI (real en 1k), MemN2N via clmem.runner", "",
+             f"Tasks {args.tasks} in sequence, {args.train_questions} train / {args.test_questions} test questions "
+             f"per task, {args.epochs} epochs per experience, Adam lr {args.lr}, batch 32, d={args.dim}, 3 hops, "
+             f"memory {args.max_memory}; replay mem_size {args.mem_size}; EWC lambda {args.ewc_lambda}. "
+             "Metric: test error (lower is better); BWT > 0 and forgetting > 0 mean earlier tasks got worse.", "",
+             "| strategy | seed | final error per task (" + ", ".join(tasks) + ") | ACC (mean final error) | BWT | "
+             "forgetting | wall (s) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["summary"]
+        lines.append(f"| {r['strategy']} | {r['seed']} | {', '.join(f'{x:.3f}' for x in r['R'][-1])} | "
+                     f"{s.get('acc', float('nan')):.3f} | {s.get('bwt', float('nan')):.3f} | "
+                     f"{s.get('forgetting', float('nan')):.3f} | {r['wall_seconds']:.0f} |")
+    if len(args.seeds) > 1:
+        lines += ["", "| strategy | ACC mean ± sd | BWT mean ± sd | forgetting mean ± sd |", "|---|---|---|---|"]
+        for strat in args.strategies:
+            sel = [r["summary"] for r in rows if r["strategy"] == strat]
+            cell = lambda k: f"{statistics.mean(x[k] for x in sel):.3f} ± {statistics.stdev(x[k] for x in sel):.3f}"  # noqa: E731
+            lines.append(f"| {strat} | {cell('acc')} | {cell('bwt')} | {cell('forgetting')} |")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / name}.json and .md", flush=True)
+
+
+if __name__ == "__main__":
+    main()
