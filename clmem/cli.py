@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="mean ± sd over seeds per grid-axis combination")
     cmp_.add_argument("name", help="experiment name")
     cmp_.add_argument("--metric", default="ACC", help="sort by this metric (default ACC)")
+    cmp_.add_argument("--group-by", help="comma-separated params to group by, e.g. strategy.name "
+                                         "(default: the grid's axes; seeds are always averaged)")
     cmp_.add_argument("--run-id", help="parent run of the grid (default: the latest grid)")
     cmp_.add_argument("--format", choices=("text", "md", "csv"), default="text")
     cmp_.add_argument("--output", help="also write the table to this file")
@@ -153,7 +155,8 @@ def cmd_grid(args) -> int:
 
 
 def _print_comparison(tracker, name: str, run_id: str | None, metric: str, fmt: str = "text",
-                      output: str | None = None, plots_dir: str | None = None) -> int:
+                      output: str | None = None, plots_dir: str | None = None,
+                      group_by: str | None = None) -> int:
     from clmem.compare import COLUMNS, format_table, group_rows, sort_rows
     from clmem.tracking import parse_axes, runs_table
 
@@ -163,6 +166,12 @@ def _print_comparison(tracker, name: str, run_id: str | None, metric: str, fmt: 
         raise ConfigError("name", f"no grid or run of experiment {name!r} in {tracker.uri}")
     axes = parse_axes(parent) or ["strategy.name"]
     runs = runs_table(tracker.children(parent))
+    if group_by:
+        axes = [a.strip() for a in group_by.split(",") if a.strip()]
+        known = sorted({k for r in runs for k in r["params"]} - {"seed"})
+        for axis in axes:
+            if axis not in known:
+                raise ConfigError("--group-by", f"unknown param {axis!r} (expected one of: {', '.join(known)})")
     columns = COLUMNS if metric in COLUMNS else (*COLUMNS, metric)
     rows = group_rows(runs, axes, columns)
     if rows and metric not in rows[0]:
@@ -196,7 +205,7 @@ def cmd_compare(args) -> int:
     from clmem.tracking import Tracker
 
     return _print_comparison(Tracker(args.tracking_uri), args.name, args.run_id, args.metric,
-                             args.format, args.output, args.plots)
+                             args.format, args.output, args.plots, args.group_by)
 
 
 def cmd_ui(args) -> int:

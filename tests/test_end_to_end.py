@@ -73,6 +73,11 @@ def test_grid_on_ray_logs_parent_and_children(tmp_path, monkeypatch, capsys):
     csv_lines = (tmp_path / "cmp.csv").read_text().splitlines()
     assert csv_lines[0].startswith("strategy,seeds,ACC_mean,ACC_sd,BWT_mean")
     assert csv_lines[1].startswith("replay,2,")  # least forgetting first
+    assert main(["compare", "e2e", "--tracking-uri", uri, "--group-by", "benchmark.name", "--format", "csv",
+                 "--output", str(tmp_path / "all.csv")]) == 0
+    pooled = (tmp_path / "all.csv").read_text().splitlines()
+    assert pooled[0].startswith("benchmark,seeds,") and pooled[1].startswith("split_digits,4,")
+    assert main(["compare", "e2e", "--tracking-uri", uri, "--group-by", "strategy.colour"]) == 2
     table = (tmp_path / "cmp.md").read_text()
     assert table.startswith("| strategy | seeds | ACC | BWT | FWT | Forgetting | wall_time_s |")
     assert table.index("| replay |") < table.index("| naive |")  # sorted by ACC, best first
