@@ -85,13 +85,14 @@ def summary_bars(groups: dict[str, dict[str, tuple[float, float]]], metrics: tup
 
 
 def memory_heatmaps(usage, read_weights, write_weights, path: str | Path) -> Path:
-    """Memory access over time for one sequence: usage ``[T, N]``, read weights ``[T, R, N]``
-    (summed over heads R) and write weights ``[T, H, N]`` (summed over heads H)."""
+    """Memory access over time for one sequence: usage ``[T, N]`` (None: not drawn), read weights
+    ``[T, R, N]`` (summed over heads R) and write weights ``[T, H, N]`` (summed over heads H)."""
     plt = _pyplot()
-    panels = [("usage", np.asarray(usage, dtype=float)),
-              ("read weights (sum over heads)", np.asarray(read_weights, dtype=float).sum(axis=1)),
+    panels = [("read weights (sum over heads)", np.asarray(read_weights, dtype=float).sum(axis=1)),
               ("write weights (sum over heads)", np.asarray(write_weights, dtype=float).sum(axis=1))]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    if usage is not None:  # the NTM has no usage
+        panels.insert(0, ("usage", np.asarray(usage, dtype=float)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.5))
     for ax, (title, data) in zip(axes, panels):
         image = ax.imshow(data.T, aspect="auto", origin="lower", cmap="magma")
         ax.set_title(title, fontsize=9)

@@ -160,6 +160,9 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
             summary = _summary(R, b, stream, wall)
             avl = _avalanche_summary(results) if first == 0 else {}
             report.update(summary, **avl)
+            picture = memory_picture(strategy.model, test_stream[-1].dataset, device)
+            if picture:
+                report["memory_png"] = picture
         if checkpointing:  # a non-resumable trial still records how far it got
             report["_checkpoint"] = {"experience": i} if not resumable else {
                 "experience": i, "R": [list(r) for r in R], "b": list(b), "elapsed": wall,
@@ -169,6 +172,27 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
     if summary is None:  # resumed after its last experience: nothing left to train
         summary = _summary(R, b, stream, elapsed)
     return TrialResult(R, b, summary, avl)
+
+
+def memory_picture(model, dataset, device: str) -> str | None:
+    """Base64 PNG of a memory learner's usage and read/write weights over one test sequence.
+
+    Models without ``memory_trace`` (classifiers, LSTM, MemN2N) give None.
+    """
+    if not hasattr(model, "memory_trace"):
+        return None
+    import base64
+    import tempfile
+    from pathlib import Path
+
+    from clmem.plots import memory_heatmaps
+
+    trace = model.memory_trace(dataset[0][0].unsqueeze(0).to(device))
+    usage = None if trace.usage is None else trace.usage[0].cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = memory_heatmaps(usage, trace.read_weights[0].cpu(), trace.write_weights[0].cpu(),
+                               Path(tmp) / "memory.png")
+        return base64.b64encode(path.read_bytes()).decode()
 
 
 def _starting_point(strategy, stream: Stream, resume: dict | None, why: str):

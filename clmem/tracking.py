@@ -104,6 +104,8 @@ class Tracker:
         """Log R (JSON + heatmap) from the last report and end the run with ``status``."""
         if report and "R" in report:
             self._log_matrix(run_id, report["R"], report.get("b"), report.get("R_png"))
+        if report and report.get("memory_png"):
+            self._log_png(run_id, report["memory_png"], "memory.png")
         self.client.set_terminated(run_id, status=status)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -166,6 +168,14 @@ class Tracker:
 
     def _log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
+
+    def _log_png(self, run_id: str, png_base64: str, name: str) -> None:
+        import base64
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(base64.b64decode(png_base64))
+            self.client.log_artifact(run_id, str(path))
 
     def _log_matrix(self, run_id: str, R, b, png_base64: str | None = None) -> None:
         """``R.json`` and the ``R.png`` heatmap (given pre-rendered as base64, or rendered here)."""

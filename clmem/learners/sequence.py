@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+import torch
 from torch import Tensor, nn
 
 from clmem.memory import DNCCore, MANNCore, MemoryCore, NTMCore
@@ -36,6 +37,12 @@ class CoreSequenceLearner(nn.Module):
     def forward(self, x: Tensor, state: Optional[Any] = None) -> Tensor:
         logits, _ = self.core(x, state)
         return logits
+
+    @torch.no_grad()
+    def memory_trace(self, x: Tensor):
+        """Per-step read/write weights and usage (``CoreTrace``) of the core on ``x [B, T, D]``."""
+        _, _, trace = self.core(x, return_trace=True)
+        return trace
 
 
 def make_sequence_learner(kind: str, input_size: int, output_size: int, **options: Any) -> nn.Module:
