@@ -160,7 +160,7 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
             summary = _summary(R, b, stream, wall)
             avl = _avalanche_summary(results) if first == 0 else {}
             report.update(summary, **avl)
-            picture = memory_picture(strategy.model, test_stream[-1].dataset, device)
+            picture = memory_picture(strategy.model, test_stream[len(test_stream) - 1].dataset, device)
             if picture:
                 report["memory_png"] = picture
         if checkpointing:  # a non-resumable trial still records how far it got
