@@ -13,13 +13,18 @@ import torch
 from torch import Tensor
 
 
+def _norms(x: Tensor, eps: float) -> Tensor:
+    """``sqrt(sum(x**2, -1) + eps)`` keeping the last dim, without an ``x``-sized temporary."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().add_(eps).sqrt_()
+
+
 class ContentWeights(torch.autograd.Function):
     """``memory [B, N, W]``, ``keys [B, H, W]``, ``strengths [B, H]`` -> ``[B, H, N]``."""
 
     @staticmethod
     def forward(ctx, memory: Tensor, keys: Tensor, strengths: Tensor, eps: float) -> Tensor:
-        memory_norms = torch.sqrt((memory * memory).sum(-1, keepdim=True) + eps)  # [B, N, 1]
-        key_norms = torch.sqrt((keys * keys).sum(-1, keepdim=True) + eps)  # [B, H, 1]
+        memory_norms = _norms(memory, eps)  # [B, N, 1]
+        key_norms = _norms(keys, eps)  # [B, H, 1]
         denominator = torch.matmul(key_norms, memory_norms.transpose(-1, -2)).add_(eps)  # [B, H, N]
         similarity = torch.matmul(keys, memory.transpose(-1, -2)).div_(denominator)
         weights = torch.softmax(similarity * strengths.unsqueeze(-1), dim=-1)
@@ -36,10 +41,11 @@ class ContentWeights(torch.autograd.Function):
         grad_dot = grad_logits.mul_(strengths.unsqueeze(-1)).div_(denominator)  # d/d(k.M)
         grad_denominator = -grad_dot * similarity
         grad_memory = grad_keys = None
-        if need_keys:
+        if need_keys:  # the norm terms are scaled on the small [B, H, 1] side, then one fused baddbmm
             grad_key_norms = torch.matmul(grad_denominator, memory_norms)  # [B, H, 1]
-            grad_keys = torch.matmul(grad_dot, memory) + grad_key_norms * keys / key_norms
+            grad_keys = torch.baddbmm(keys * grad_key_norms.div_(key_norms), grad_dot, memory)
         if need_memory:
             grad_memory_norms = torch.matmul(grad_denominator.transpose(-1, -2), key_norms)  # [B, N, 1]
-            grad_memory = torch.matmul(grad_dot.transpose(-1, -2), keys) + grad_memory_norms * memory / memory_norms
+            grad_memory = torch.baddbmm(memory * grad_memory_norms.div_(memory_norms), grad_dot.transpose(-1, -2),
+                                        keys)
         return grad_memory, grad_keys, grad_strengths, None

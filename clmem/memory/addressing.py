@@ -251,9 +251,45 @@ def erase_and_write(memory: Tensor, write_weights: Tensor, erase: Tensor, add: T
     Returns:
         ``M_t`` ``[B, N, W]``.
     """
+    if write_weights.shape[1] == 1:
+        return _EraseAndWrite.apply(memory, write_weights, erase, add)  # one write head: fused node
     weighted_erase = write_weights.unsqueeze(-1) * erase.unsqueeze(-2)  # [B, H, N, W]
     keep = _prod_over_heads(1.0 - weighted_erase)
     return torch.baddbmm(memory * keep, write_weights.transpose(1, 2), add)
+
+
+class _EraseAndWrite(torch.autograd.Function):
+    """``erase_and_write`` for one write head, ``M' = M o (1 - w e^T) + w v^T``, as one node.
+
+    Backward with ``G = dM'``: ``dM = G o (1 - w e^T)``, ``dw = G v - (G o M) e``, ``de = -w^T (G o M)``,
+    ``dv = w^T G`` (``w`` ``[B, N, 1]``, ``e, v`` ``[B, 1, W]``); the ``[B, N, W]`` keep factor is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, memory, write_weights, erase, add):
+        w = write_weights.transpose(1, 2)  # [B, N, 1]
+        ctx.save_for_backward(memory, write_weights, erase, add)
+        keep = torch.baddbmm(torch.ones_like(memory), w, erase, alpha=-1.0)  # 1 - w e^T
+        return torch.baddbmm(keep.mul_(memory), w, add)
+
+    @staticmethod
+    def backward(ctx, grad):
+        memory, write_weights, erase, add = ctx.saved_tensors
+        need_memory, need_w, need_erase, need_add = ctx.needs_input_grad
+        grad = grad.contiguous()
+        w = write_weights.transpose(1, 2)
+        grad_memory = grad_w = grad_erase = grad_add = None
+        if need_memory:
+            grad_memory = torch.baddbmm(torch.ones_like(grad), w, erase, alpha=-1.0).mul_(grad)  # G o (1 - w e^T)
+        if need_w or need_erase:
+            gm = grad * memory
+            if need_w:  # [B, 1, N] = v G^T - e (G o M)^T
+                grad_w = torch.baddbmm(torch.bmm(add, grad.transpose(1, 2)), erase, gm.transpose(1, 2), alpha=-1.0)
+            if need_erase:
+                grad_erase = -torch.bmm(write_weights, gm)
+        if need_add:
+            grad_add = torch.bmm(write_weights, grad)
+        return grad_memory, grad_w, grad_erase, grad_add
 
 
 def read_weights(
