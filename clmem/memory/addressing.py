@@ -161,11 +161,44 @@ def update_usage(
     """
     # As in DeepMind's Freeness module, usage is not differentiated through the write weights:
     # the write weights are detached (tf.stop_gradient) here; gradients still flow via free gates and reads.
-    prev_write_weights = prev_write_weights.detach()
-    write = 1.0 - _prod_over_heads(1.0 - prev_write_weights)
-    usage = prev_usage + (1.0 - prev_usage) * write
-    retention = _prod_over_heads(1.0 - free_gates.unsqueeze(-1) * prev_read_weights)
-    return usage * retention
+    with torch.no_grad():
+        write = 1.0 - _prod_over_heads(1.0 - prev_write_weights)
+    return _Usage.apply(prev_usage, write, free_gates, prev_read_weights)
+
+
+class _Usage(torch.autograd.Function):
+    """``u = (u0 + (1 - u0) w) * prod_r (1 - f_r v_r)`` as one node (``w`` a constant).
+
+    Backward with ``G = du``: ``du0 = G psi (1 - w)``; with ``phi_r = 1 - f_r v_r`` and ``P_r = prod_{r' != r}
+    phi_r'`` (prefix times suffix products, no division), ``q_r = G a P_r``: ``df_r = -sum_n q_r v_r``,
+    ``dv_r = -q_r f_r``.
+    """
+
+    @staticmethod
+    def forward(ctx, prev_usage, write, free_gates, read_weights):
+        kept = torch.addcmul(write, prev_usage, 1.0 - write)  # u0 + (1 - u0) w
+        phi = torch.addcmul(torch.ones_like(read_weights), free_gates.unsqueeze(-1), read_weights, value=-1.0)
+        retention = _prod_over_heads(phi)
+        ctx.save_for_backward(write, free_gates, read_weights, kept, phi, retention)
+        return kept * retention
+
+    @staticmethod
+    def backward(ctx, grad):
+        write, free_gates, read_weights, kept, phi, retention = ctx.saved_tensors
+        grad_usage = grad * retention * (1.0 - write) if ctx.needs_input_grad[0] else None
+        grad_free = grad_read = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            r = phi.shape[1]
+            ones = torch.ones_like(phi[:, :1])
+            prefix = torch.cumprod(torch.cat([ones, phi[:, :-1]], 1), 1)  # prod_{r' < r}
+            suffix = torch.cumprod(torch.cat([ones, phi.flip(1)[:, :-1]], 1), 1).flip(1)  # prod_{r' > r}
+            q = (prefix * suffix).mul_((grad * kept).unsqueeze(1)).neg_() if r > 1 else \
+                (grad * kept).unsqueeze(1).neg()  # dL/dphi_r * d phi_r / d(f_r v_r)
+            if ctx.needs_input_grad[2]:
+                grad_free = (q * read_weights).sum(-1)
+            if ctx.needs_input_grad[3]:
+                grad_read = q * free_gates.unsqueeze(-1)
+        return grad_usage, None, grad_free, grad_read
 
 
 def _prod_over_heads(x: Tensor) -> Tensor:
@@ -234,9 +267,30 @@ def write_weights(
     Returns:
         ``[B, H, N]``.
     """
-    allocation_gate = allocation_gate.unsqueeze(-1)
-    mixed = allocation_gate * allocation_weights + (1.0 - allocation_gate) * content_weights
-    return write_gate.unsqueeze(-1) * mixed
+    return _WriteWeights.apply(content_weights, allocation_weights, allocation_gate, write_gate)
+
+
+class _WriteWeights(torch.autograd.Function):
+    """``w = g^w (g^a a + (1 - g^a) c)`` as one node; ``m = g^a a + (1 - g^a) c`` is recomputed in backward:
+    ``dc = G g^w (1 - g^a)``, ``da = G g^w g^a``, ``dg^a = sum_n G g^w (a - c)``, ``dg^w = sum_n G m``."""
+
+    @staticmethod
+    def forward(ctx, content, allocation, allocation_gate, write_gate):
+        ctx.save_for_backward(content, allocation, allocation_gate, write_gate)
+        mixed = torch.lerp(content, allocation, allocation_gate.unsqueeze(-1))
+        return mixed.mul_(write_gate.unsqueeze(-1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        content, allocation, allocation_gate, write_gate = ctx.saved_tensors
+        ga, gw = allocation_gate.unsqueeze(-1), write_gate.unsqueeze(-1)
+        scaled = grad * gw
+        need = ctx.needs_input_grad
+        grad_content = scaled * (1.0 - ga) if need[0] else None
+        grad_allocation = scaled * ga if need[1] else None
+        grad_ga = (scaled * (allocation - content)).sum(-1) if need[2] else None
+        grad_gw = (grad * torch.lerp(content, allocation, ga)).sum(-1) if need[3] else None
+        return grad_content, grad_allocation, grad_ga, grad_gw
 
 
 def erase_and_write(memory: Tensor, write_weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:

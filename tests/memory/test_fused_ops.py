@@ -19,3 +19,14 @@ def test_erase_and_write_one_head_matches_formula_and_gradcheck():
     assert torch.allclose(addr.erase_and_write(memory, write, erase, add), expected)
     inputs = [x.clone().requires_grad_() for x in (memory, write, erase, add)]
     assert torch.autograd.gradcheck(addr.erase_and_write, inputs)
+
+
+def test_usage_one_read_head_gradcheck_and_formula():
+    B, N = 2, 5
+    usage, free = _rand(B, N, seed=1), _rand(B, 1, seed=2)
+    reads = torch.softmax(_rand(B, 1, N, seed=3) * 3, -1)
+    write = torch.softmax(_rand(B, 1, N, seed=4) * 3, -1)
+    expected = (usage + (1 - usage) * write[:, 0]) * (1 - free * reads[:, 0])
+    assert torch.allclose(addr.update_usage(usage, write, free, reads), expected)
+    inputs = [x.clone().requires_grad_() for x in (usage, free, reads)]
+    assert torch.autograd.gradcheck(lambda u, f, r: addr.update_usage(u, write, f, r), inputs)
