@@ -223,10 +223,34 @@ def allocation_weights(usage: Tensor, eps: float = EPSILON) -> Tensor:
     Returns:
         ``[B, N]`` weights summing to at most 1.
     """
-    usage = eps + (1.0 - eps) * usage
-    sorted_usage, indices = torch.sort(usage, dim=-1, stable=True)
-    sorted_allocation = (1.0 - sorted_usage) * _exclusive_cumprod(sorted_usage)
-    return torch.zeros_like(sorted_allocation).scatter(-1, indices, sorted_allocation)
+    return _Allocation.apply(usage, eps)
+
+
+class _Allocation(torch.autograd.Function):
+    """``allocation_weights`` as one node. With ``s`` the sorted ``eps + (1 - eps) u``, ``E_k = prod_{j<k} s_j``
+    and ``a_k = (1 - s_k) E_k``: ``ds_k = -g_k E_k + (sum_{j>k} g_j a_j) / s_k`` (``s_k >= eps``), scattered back
+    to slot order and times ``1 - eps``."""
+
+    @staticmethod
+    def forward(ctx, usage, eps):
+        usage = eps + (1.0 - eps) * usage
+        sorted_usage, indices = torch.sort(usage, dim=-1, stable=True)
+        exclusive = _exclusive_cumprod(sorted_usage)
+        sorted_allocation = (1.0 - sorted_usage) * exclusive
+        ctx.save_for_backward(sorted_usage, indices, exclusive, sorted_allocation)
+        ctx.eps = eps
+        return torch.empty_like(sorted_allocation).scatter_(-1, indices, sorted_allocation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        sorted_usage, indices, exclusive, sorted_allocation = ctx.saved_tensors
+        g = grad.gather(-1, indices)
+        weighted = g * sorted_allocation
+        suffix = torch.cumsum(weighted.flip(-1), -1).flip(-1)  # sum_{j >= k}, no cancellation
+        later = torch.zeros_like(suffix)
+        later[..., :-1] = suffix[..., 1:]  # sum_{j > k}
+        grad_sorted = later.div_(sorted_usage).sub_(g.mul_(exclusive)).mul_(1.0 - ctx.eps)
+        return torch.empty_like(grad_sorted).scatter_(-1, indices, grad_sorted), None
 
 
 def write_allocation_weights(usage: Tensor, write_gates: Tensor, num_writes: int) -> Tensor:

@@ -30,3 +30,24 @@ def test_usage_one_read_head_gradcheck_and_formula():
     assert torch.allclose(addr.update_usage(usage, write, free, reads), expected)
     inputs = [x.clone().requires_grad_() for x in (usage, free, reads)]
     assert torch.autograd.gradcheck(lambda u, f, r: addr.update_usage(u, write, f, r), inputs)
+
+
+def test_allocation_gradient_matches_autograd_reference_in_float32_with_empty_slots():
+    usage = torch.tensor([[0.0, 0.0, 0.0, 0.5, 0.9, 0.0, 1.0, 0.2]]).repeat(2, 1)
+    usage[1] = torch.rand(8, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    eps = addr.EPSILON
+
+    def reference(u):
+        u = eps + (1.0 - eps) * u
+        s, idx = torch.sort(u, dim=-1, stable=True)
+        a = (1.0 - s) * (torch.cumprod(s, -1) / s)
+        return torch.zeros_like(a).scatter(-1, idx, a)
+
+    for dtype, tol in ((torch.float32, 1e-5), (F64, 1e-12)):
+        x, y = (usage.to(dtype).clone().requires_grad_() for _ in range(2))
+        out, ref = addr.allocation_weights(x), reference(y)
+        assert torch.allclose(out, ref, atol=tol)
+        out.backward(grad.to(dtype))
+        ref.backward(grad.to(dtype))
+        assert torch.allclose(x.grad, y.grad, atol=tol, rtol=1e-4)
