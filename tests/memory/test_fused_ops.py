@@ -44,10 +44,13 @@ def test_allocation_gradient_matches_autograd_reference_in_float32_with_empty_sl
         a = (1.0 - s) * (torch.cumprod(s, -1) / s)
         return torch.zeros_like(a).scatter(-1, idx, a)
 
-    for dtype, tol in ((torch.float32, 1e-5), (F64, 1e-12)):
-        x, y = (usage.to(dtype).clone().requires_grad_() for _ in range(2))
-        out, ref = addr.allocation_weights(x), reference(y)
-        assert torch.allclose(out, ref, atol=tol)
+    truth = usage.to(F64).clone().requires_grad_()
+    reference(truth).backward(grad.to(F64))  # float64 autograd through cumprod: the ground truth
+    for dtype, rtol in ((torch.float32, 1e-5), (F64, 1e-9)):
+        x = usage.to(dtype).clone().requires_grad_()
+        out = addr.allocation_weights(x)
+        assert torch.allclose(out.double(), reference(usage.to(F64)), atol=1e-6 if dtype == torch.float32 else 1e-12)
         out.backward(grad.to(dtype))
-        ref.backward(grad.to(dtype))
-        assert torch.allclose(x.grad, y.grad, atol=tol, rtol=1e-4)
+        # relative accuracy even for the tiny gradients of the empty slots (float32 autograd through
+        # ``cumprod / x`` is off by up to ~90% there)
+        assert torch.allclose(x.grad.double(), truth.grad, rtol=rtol, atol=1e-30)
