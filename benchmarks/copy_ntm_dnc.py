@@ -197,8 +197,10 @@ def markdown(payload) -> str:
         conv = (str(r["converged_at"]) if r["converged_at"] is not None
                 else f"not converged within {r['sequences_trained']}")
         stayed = ("—" if r["converged_at"] is None else
-                  f"{'yes' if r['stayed_below_0.1'] else 'no'} ({r['max_last100_after_convergence']:.3f} over "
-                  f"{r['confirm_window']}; {100 * r['fraction_of_confirm_updates_below_0.1']:.0f}%)")
+                  f"{'yes' if r['stayed_below_0.1'] else 'no'} ({r['max_last100_after_convergence']:.3f} over the "
+                  f"{r['sequences_trained'] - r['converged_at']} sequences after"
+                  + (f"; {100 * r['fraction_of_confirm_updates_below_0.1']:.0f}%)"
+                     if r.get("fraction_of_confirm_updates_below_0.1") is not None else ")"))
         good = r.get("below_0.1_for_good_from") or "—"
         big = r["bits_at_length_eval_memory"]
         lines.append(f"| {r['model'].upper()} | {cfg} | {r['batch']} | {r['optimizer']} lr {r['lr']}, clip "
@@ -219,7 +221,10 @@ def markdown(payload) -> str:
         t3 = r["bits_at_length"]["40"] < 1.0
         lines.append(f"- {r['model'].upper()}: converges (< 0.1 bit) in fewer than {PEER['sequences_to_1_bit'][0]:,} "
                      f"sequences: {'met' if t1 else 'NOT met'}; ≥ {3 * PEER['sequences_per_s']} sequences/s: "
-                     f"{'met' if t2 else 'NOT met'} by wall clock, {'met' if t2cpu else 'NOT met'} per CPU-second; < 1 bit at length 40: {'met' if t3 else 'NOT met'}.")
+                     f"{'met' if t2 else 'NOT met'} by wall clock, {'met' if t2cpu else 'NOT met'} per CPU-second; "
+                     f"< 1 bit at length 40: {'met' if t3 else 'NOT met'} with the trained "
+                     f"N={r['config']['memory_size']}, {'met' if r['bits_at_length_eval_memory']['40'] < 1.0 else 'NOT met'}"
+                     f" with N={r['eval_memory_size']} (same weights).")
     if payload.get("note"):
         lines += ["", payload["note"]]
     return "\n".join(lines) + "\n"
