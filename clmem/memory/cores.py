@@ -169,6 +169,11 @@ class MemoryCore(nn.Module):
     def step(self, x_t: Tensor, prev_state: CoreState, tape: Any = None) -> Tuple[Tensor, CoreState]:
         """One time step: ``x_t [B, input_size]`` -> ``(y_t [B, output_size], next_state)``; ``tape`` is the
         memory's unroll helper inside ``forward`` (``None`` for a standalone step)."""
+        controller_output, state = self._memory_step(x_t, prev_state, tape)
+        return self._output(controller_output, state.read_words), state
+
+    def _memory_step(self, x_t: Tensor, prev_state: CoreState, tape: Any = None) -> Tuple[Tensor, CoreState]:
+        """``step`` without the output layer: ``(clipped controller output [B, hidden], next_state)``."""
         batch_size = x_t.shape[0]
         controller_input = torch.cat([x_t, prev_state.read_words.reshape(batch_size, -1)], dim=-1)
         controller_output, controller_state = self.controller(controller_input, prev_state.controller_state)
@@ -178,8 +183,12 @@ class MemoryCore(nn.Module):
             read_words, memory_state = self.memory.step(interface, prev_state.memory_state)
         else:
             read_words, memory_state = self.memory.step(interface, prev_state.memory_state, tape=tape)
-        output = self.output_layer(torch.cat([controller_output, read_words.reshape(batch_size, -1)], dim=-1))
-        return self._clip(output), CoreState(controller_state, memory_state, read_words)
+        return controller_output, CoreState(controller_state, memory_state, read_words)
+
+    def _output(self, controller_output: Tensor, read_words: Tensor) -> Tensor:
+        """``clip(Linear([controller_output, read_words]))`` for ``[..., hidden]`` and ``[..., R, W]`` inputs."""
+        flat_reads = read_words.reshape(*read_words.shape[:-2], -1)
+        return self._clip(self.output_layer(torch.cat([controller_output, flat_reads], dim=-1)))
 
     def forward(
         self, x: Tensor, state: Optional[CoreState] = None, return_trace: bool = False
@@ -219,13 +228,16 @@ class MemoryCore(nn.Module):
     ) -> Tuple[Tensor, CoreState, List[Any]]:
         """Run ``step`` over ``x [B, T, D]``; returns outputs, final state and (if ``record``) detached memory
         states."""
-        outputs, memory_states = [], []
+        controller_outputs, read_words, memory_states = [], [], []
         for t in range(x.shape[1]):
-            y_t, state = self.step(x[:, t], state, tape)
-            outputs.append(y_t)
+            controller_output, state = self._memory_step(x[:, t], state, tape)
+            controller_outputs.append(controller_output)
+            read_words.append(state.read_words)
             if record:
                 memory_states.append(detach_state(state.memory_state))
-        return torch.stack(outputs, dim=1), state, memory_states
+        # the output layer does not feed back into the recurrence: one batched layer for all steps
+        y = self._output(torch.stack(controller_outputs, dim=1), torch.stack(read_words, dim=1))
+        return y, state, memory_states
 
     def checkpoint_segment(self, x: Tensor, state: CoreState) -> Optional[int]:
         """Segment length ``forward`` uses for gradient checkpointing on ``x [B, T, D]`` from ``state``, or ``None``
