@@ -1,7 +1,9 @@
 """DNC temporal link matrix, precedence and directional reads (Graves et al. 2016; DeepMind ``TemporalLinkage``).
 
 The link matrix ``[B, H, N, N]`` is the memory and time hot spot, so besides the plain primitives
-(``update_link``, ``directional_read_weights``) there is a fused ``temporal_link_step`` used by ``DNCMemory``.
+(``update_link``, ``directional_read_weights``) there is a fused ``temporal_link_step`` used by a standalone
+``DNCMemory.step``. A whole unroll (``DNCCore.forward``) uses ``link_tape.LinkTape`` instead, which keeps the
+link matrices out of autograd altogether.
 Both are custom autograd functions that save only their inputs (``prev_link`` is the previous step's output and
 is alive anyway) plus, for the fused one, its output link. The forward pass allocates one ``[B, H, N, N]``
 tensor; the backward pass allocates one more and works in place / in small chunks otherwise.
