@@ -63,7 +63,8 @@ class LinkTape:
 
     Args:
         link: initial link ``[B, H, N, N]`` (may require grad: it gets ``dLoss/dL_{-1}``).
-        steps: number of time steps ``T`` the unroll will run (sets the checkpoint segment).
+        steps: number of time steps ``T`` the unroll will run (sets the checkpoint segment; more steps are an
+            error).
         segment: steps per checkpoint segment; default: all steps kept if they fit in ``KEEP_ALL_BYTES``,
             else ``ceil(sqrt(T))``.
     """
@@ -104,6 +105,8 @@ class LinkTape:
         when every step is kept, each step writes a new buffer. Products with the link are written as
         ``v @ L^T`` / ``v @ L`` (thin-left operands: several times faster on CPU than ``L @ v^T``)."""
         t = len(self.inputs)
+        if t >= self.steps:
+            raise ValueError(f"LinkTape.step: the tape was made for {self.steps} steps")
         self.inputs.append((p, w))
         prev = self.current
         in_place = self.segment > 1 and not any(prev is c for c in self.checkpoints.values())

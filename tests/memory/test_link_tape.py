@@ -113,3 +113,11 @@ def test_dnc_core_tape_without_grad():
     with torch.no_grad():
         y2, state2 = reference(x)
     assert torch.allclose(y, y2) and torch.allclose(state.memory_state.link, state2.memory_state.link)
+
+
+def test_tape_rejects_more_steps_than_declared():
+    link0, p, w, v = sequence_inputs(heads=1)[:4]
+    tape = LinkTape(link0, 1)
+    _, _, token = tape.step(link0, p, w, v)
+    with pytest.raises(ValueError, match="LinkTape.step"):
+        tape.step(token, p, w, v)
