@@ -384,8 +384,36 @@ def read_weights(
     Returns:
         ``[B, R, N]``.
     """
-    directions = torch.cat([backward_weights, forward_weights, content_weights.unsqueeze(2)], dim=2)
-    return torch.matmul(read_modes.unsqueeze(-2), directions).squeeze(-2)  # [B, R, 1, 1+2H] @ [B, R, 1+2H, N]
+    return _ReadWeights.apply(content_weights, forward_weights, backward_weights, read_modes)
+
+
+class _ReadWeights(torch.autograd.Function):
+    """``read_weights`` as one node: with ``D = [b_1..H, f_1..H, c]`` ``[B, R, 1+2H, N]`` and ``w = pi D``,
+    ``dpi = D G`` and ``dD_k = pi_k G``."""
+
+    @staticmethod
+    def forward(ctx, content, forward, backward, modes):
+        ctx.save_for_backward(content, forward, backward, modes)
+        directions = torch.cat([backward, forward, content.unsqueeze(2)], dim=2)
+        return torch.matmul(modes.unsqueeze(-2), directions).squeeze(-2)  # [B, R, 1, 1+2H] @ [B, R, 1+2H, N]
+
+    @staticmethod
+    def backward(ctx, grad):
+        content, forward, backward, modes = ctx.saved_tensors
+        h = forward.shape[2]
+        need = ctx.needs_input_grad
+        grad_content = grad_forward = grad_backward = grad_modes = None
+        if need[3]:
+            directions = torch.cat([backward, forward, content.unsqueeze(2)], dim=2)
+            grad_modes = torch.matmul(directions, grad.unsqueeze(-1)).squeeze(-1)
+        if need[0]:
+            grad_content = grad * modes[..., 2 * h :]
+        expanded = grad.unsqueeze(2)
+        if need[1]:
+            grad_forward = expanded * modes[..., h : 2 * h, None]
+        if need[2]:
+            grad_backward = expanded * modes[..., :h, None]
+        return grad_content, grad_forward, grad_backward, grad_modes
 
 
 # ----------------------------------------------------------------------------------------------- LRUA

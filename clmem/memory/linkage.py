@@ -180,7 +180,27 @@ def update_precedence(prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
     Returns:
         ``p_t`` ``[B, H, N]`` summing to at most 1.
     """
-    return (1.0 - write_weights.sum(dim=-1, keepdim=True)) * prev_precedence + write_weights
+    return _Precedence.apply(prev_precedence, write_weights)
+
+
+class _Precedence(torch.autograd.Function):
+    """``p = (1 - sum_n w) p0 + w`` as one node: ``dp0 = G (1 - sum_n w)``, ``dw = G - sum_n G p0``."""
+
+    @staticmethod
+    def forward(ctx, prev_precedence, write_weights):
+        ctx.save_for_backward(prev_precedence, write_weights)
+        keep = 1.0 - write_weights.sum(dim=-1, keepdim=True)
+        return torch.addcmul(write_weights, keep, prev_precedence)
+
+    @staticmethod
+    def backward(ctx, grad):
+        prev_precedence, write_weights = ctx.saved_tensors
+        grad_prev = grad_write = None
+        if ctx.needs_input_grad[0]:
+            grad_prev = grad * (1.0 - write_weights.sum(dim=-1, keepdim=True))
+        if ctx.needs_input_grad[1]:
+            grad_write = grad - (grad * prev_precedence).sum(dim=-1, keepdim=True)
+        return grad_prev, grad_write
 
 
 def directional_read_weights(link: Tensor, prev_read_weights: Tensor, forward: bool) -> Tensor:
