@@ -10,10 +10,10 @@ head, flattened to ``M = B*H`` matrices)::
 with ``w = w^w_t``, ``p = p_{t-1}``, ``v = w^r_{t-1}``. Only the small vectors go through autograd; the tape
 holds the link matrices in a few reused buffers:
 
-* forward: ``L_t`` is written into the other buffer of a ping-pong pair (no ``N x N`` allocation per step); every
-  ``segment`` steps the pair's buffer is kept as a checkpoint instead (no copy). The elementwise update and the two
-  directional reads run over row blocks that stay in cache, so each step reads ``L_{t-1}`` and writes ``L_t`` about
-  once from main memory.
+* forward: when all ``T`` links fit in ``KEEP_ALL_BYTES`` each step writes a new buffer and keeps it; otherwise
+  one working buffer is updated in place and copied every ``segment`` steps (the checkpoints). The elementwise
+  update and the two directional reads run over row blocks that stay in cache, so each step reads and writes the
+  link about once from main memory.
 * backward (reverse time): ``G = dLoss/dL_t`` lives in one buffer, handed from step to step (the steps are chained
   by a 0-dim token so autograd runs them in reverse order). Step ``t`` adds the read gradients
   ``G += gf^T v + v^T gb``, zeroes its diagonal, forms ``dp_j = sum_i G_ij w_i``,
