@@ -7,7 +7,11 @@ grid wall time / (sum of trial times / CPUs) − 1, where a trial's time is Ray 
 evaluations) and the grid's wall time runs from `run_grid` entry (Ray start included, reported
 separately) to its return.
 
-Usage: python benchmarks/grid_overhead.py [--trials 16] [--epochs 2]
+The fixed cost per trial, (grid wall − ideal) × CPUs / trials, is reported too: it is what the
+overhead ratio depends on, since it does not shrink with the trial. Two trial lengths are run by
+default (2, 30 and 100 epochs per experience: trials of about 1, 4 and 10 s on this machine).
+
+Usage: python benchmarks/grid_overhead.py [--trials 16] [--epochs 2 30 100]
 Writes benchmarks/results/grid_overhead.{json,md}.
 """
 from __future__ import annotations
@@ -33,45 +37,54 @@ def experiment(trials: int, epochs: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=2)
-    args = parser.parse_args()
-
+def measure(trials: int, epochs: int, cpus: int) -> dict:
     import ray
 
     from clmem.config import Experiment
     from clmem.grid import run_grid
     from clmem.tracking import Tracker
 
-    cpus = os.cpu_count()
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
-        exp = Experiment.from_dict(experiment(args.trials, args.epochs))
-        t0 = time.perf_counter()
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        ray_start = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        parent, failed = run_grid(exp, tracker, progress=lambda line: None)
-        grid_wall = time.perf_counter() - t1
-        ray.shutdown()
-        children = tracker.children(tracker.client.get_run(parent))
-        trial_times = [c.data.metrics["trial_time_s"] for c in children]
+        try:
+            tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
+            exp = Experiment.from_dict(experiment(trials, epochs))
+            t0 = time.perf_counter()
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray_start = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            parent, failed = run_grid(exp, tracker, progress=lambda line: None)
+            grid_wall = time.perf_counter() - t1
+            ray.shutdown()
+            children = tracker.children(tracker.client.get_run(parent))
+            trial_times = [c.data.metrics["trial_time_s"] for c in children]
+        finally:
+            os.chdir(cwd)
     ideal = sum(trial_times) / cpus
-    result = {
-        "trials": len(trial_times), "failed": failed, "cpus": cpus, "epochs": args.epochs,
-        "ray_start_s": ray_start, "grid_wall_s": grid_wall, "sum_trial_s": sum(trial_times),
-        "mean_trial_s": sum(trial_times) / len(trial_times), "ideal_s": ideal,
-        "overhead": grid_wall / ideal - 1.0,
-    }
+    return {"trials": len(trial_times), "failed": failed, "cpus": cpus, "epochs": epochs,
+            "ray_start_s": ray_start, "grid_wall_s": grid_wall, "sum_trial_s": sum(trial_times),
+            "mean_trial_s": sum(trial_times) / len(trial_times), "ideal_s": ideal,
+            "overhead": grid_wall / ideal - 1.0,
+            "fixed_cost_per_trial_s": (grid_wall - ideal) * cpus / len(trial_times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[2, 30, 100])
+    args = parser.parse_args()
+    cpus = os.cpu_count()
+    rows = [measure(args.trials, epochs, cpus) for epochs in args.epochs]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "grid_overhead.json").write_text(json.dumps(result, indent=2))
-    md = ("| trials | CPUs | mean trial (s) | sum/CPUs (s) | grid wall (s) | overhead | Ray start (s) |\n"
-          "|---|---|---|---|---|---|---|\n"
-          f"| {result['trials']} | {cpus} | {result['mean_trial_s']:.2f} | {ideal:.1f} | {grid_wall:.1f} "
-          f"| {100 * result['overhead']:.1f}% | {ray_start:.1f} |\n")
+    (RESULTS / "grid_overhead.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| trials | CPUs | epochs | mean trial (s) | sum/CPUs (s) | grid wall (s) | overhead "
+             "| fixed cost per trial (s) | Ray start (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['trials']} | {r['cpus']} | {r['epochs']} | {r['mean_trial_s']:.2f} | {r['ideal_s']:.1f} "
+                     f"| {r['grid_wall_s']:.1f} | {100 * r['overhead']:.1f}% | {r['fixed_cost_per_trial_s']:.2f} "
+                     f"| {r['ray_start_s']:.1f} |")
+    md = "\n".join(lines) + "\n"
     (RESULTS / "grid_overhead.md").write_text(md)
     print(md)
 
