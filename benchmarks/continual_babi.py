@@ -106,14 +106,14 @@ def main() -> None:
     for r in rows:
         s = r["summary"]
         lines.append(f"| {r['strategy']} | {r['seed']} | {', '.join(f'{x:.3f}' for x in r['R'][-1])} | "
-                     f"{s.get('acc', float('nan')):.3f} | {s.get('bwt', float('nan')):.3f} | "
-                     f"{s.get('forgetting', float('nan')):.3f} | {r['wall_seconds']:.0f} |")
+                     f"{s.get('ACC', float('nan')):.3f} | {s.get('BWT', float('nan')):.3f} | "
+                     f"{s.get('Forgetting', float('nan')):.3f} | {r['wall_seconds']:.0f} |")
     if len(args.seeds) > 1:
         lines += ["", "| strategy | ACC mean ± sd | BWT mean ± sd | forgetting mean ± sd |", "|---|---|---|---|"]
         for strat in args.strategies:
             sel = [r["summary"] for r in rows if r["strategy"] == strat]
             cell = lambda k: f"{statistics.mean(x[k] for x in sel):.3f} ± {statistics.stdev(x[k] for x in sel):.3f}"  # noqa: E731
-            lines.append(f"| {strat} | {cell('acc')} | {cell('bwt')} | {cell('forgetting')} |")
+            lines.append(f"| {strat} | {cell('ACC')} | {cell('BWT')} | {cell('Forgetting')} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / name}.json and .md", flush=True)
 
