@@ -18,6 +18,9 @@ from ._interface import layout_size, split_interface
 from ._validation import check_int
 
 
+
+INITIAL_MEMORY = 1e-6  # value of every memory cell at the start of a sequence
+
 @dataclass(frozen=True)
 class NTMMemoryConfig:
     """NTM sizes: ``memory_size`` N, ``word_size`` W, ``num_reads`` R, ``num_writes`` H, shifts in
@@ -125,14 +128,25 @@ class NTMMemory(nn.Module):
     def initial_state(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
     ) -> NTMState:
-        """Zero memory and zero weights."""
+        """Memory filled with ``INITIAL_MEMORY`` (1e-6) and every head focused on slot 0.
+
+        With an all-zero memory and all-zero weights every row is identical and a location-based
+        shift of a uniform (or zero) weighting stays uniform, so the heads could never focus on one
+        slot; a one-hot start lets shifts address slots one by one (the copy task needs it).
+        """
         check_int("NTMMemory.initial_state", "batch_size", batch_size, 1)
         c = self.config
         kw = dict(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
+
+        def focused(heads: int) -> Tensor:
+            weights = torch.zeros(batch_size, heads, c.memory_size, **kw)
+            weights[..., 0] = 1.0
+            return weights
+
         return NTMState(
-            memory=torch.zeros(batch_size, c.memory_size, c.word_size, **kw),
-            read_weights=torch.zeros(batch_size, c.num_reads, c.memory_size, **kw),
-            write_weights=torch.zeros(batch_size, c.num_writes, c.memory_size, **kw),
+            memory=torch.full((batch_size, c.memory_size, c.word_size), INITIAL_MEMORY, **kw),
+            read_weights=focused(c.num_reads),
+            write_weights=focused(c.num_writes),
         )
 
     def step(self, interface: NTMInterface, prev_state: NTMState) -> Tuple[Tensor, NTMState]:

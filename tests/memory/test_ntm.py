@@ -119,3 +119,18 @@ def test_gradcheck_one_step():
         return read_words, next_state.memory, next_state.write_weights
 
     assert torch.autograd.gradcheck(step, (vector, *prev), eps=1e-6, atol=1e-5)
+
+
+def test_initial_state_focuses_heads_on_slot_zero_so_shifts_can_address_slots():
+    memory = make_memory()
+    state = memory.initial_state(2, dtype=F64)
+    assert torch.equal(state.read_weights[..., 0], torch.ones(2, R, dtype=F64))
+    assert float(state.write_weights.sum()) == 2 * H and torch.all(state.memory == 1e-6)
+    key = torch.ones(1, 1, W, dtype=F64)
+    location_only = heads(R, key, 1.0, 0.0, [0, 0, 1], 1.0)  # gate 0: previous weights, shift +1
+    iface = NTMInterface(read_heads=location_only, write_heads=heads(H, key, 1.0, 0.0, [0, 0, 1], 1.0),
+                         erase_vectors=torch.zeros(1, H, W, dtype=F64), add_vectors=torch.zeros(1, H, W, dtype=F64))
+    _, state = memory.step(iface, memory.initial_state(1, dtype=F64))
+    expected = torch.zeros(1, R, N, dtype=F64)
+    expected[..., 1] = 1.0  # focus moved from slot 0 to slot 1
+    assert torch.allclose(state.read_weights, expected, atol=1e-9)
