@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -215,7 +214,7 @@ def cmd_ui(args) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI over {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
-    return subprocess.call(cmd, env=dict(os.environ))
+    os.execv(sys.executable, cmd)  # become the UI process: signals reach it directly
 
 
 COMMANDS = {"run": cmd_run, "grid": cmd_grid, "compare": cmd_compare, "ui": cmd_ui,

@@ -9,7 +9,9 @@ Usage: python scripts/mlflow_ui_screenshot.py --experiment quickstart [--trackin
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +56,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri,
                                "--host", "127.0.0.1", "--port", str(args.port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(f"{base}/health")
         with tempfile.TemporaryDirectory() as profile:
@@ -62,8 +64,8 @@ def main() -> int:
                             "--window-size=1600,1000", "--virtual-time-budget=20000",
                             f"--screenshot={args.out}", f"{base}/#/experiments/{exp_id}/runs"],
                            check=True, timeout=180, capture_output=True)
-    finally:
-        server.terminate()
+    finally:  # the UI's server, job runner and workers share its process group
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     print(f"screenshot of {base}/#/experiments/{exp_id}/runs written to {args.out}")
     return 0

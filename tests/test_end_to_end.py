@@ -102,6 +102,8 @@ def test_run_command_tracks_one_trial_in_process(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_ui_command_serves_the_same_store_on_localhost(tmp_path):
+    import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -113,7 +115,8 @@ def test_ui_command_serves_the_same_store_on_localhost(tmp_path):
         port = s.getsockname()[1]
     uri = f"sqlite:///{tmp_path}/ui.db"
     proc = subprocess.Popen([sys.executable, "-m", "clmem", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline, status = time.time() + 120, None
         while time.time() < deadline and status != 200:
@@ -123,6 +126,6 @@ def test_ui_command_serves_the_same_store_on_localhost(tmp_path):
                 time.sleep(0.5)
         assert status == 200
         assert (tmp_path / "ui.db").exists()  # the UI opened the store it was given
-    finally:
-        proc.terminate()
+    finally:  # the UI's server, job runner and workers share its process group
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
