@@ -63,21 +63,14 @@ def _load_state(directory: str | None):
     return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
 
 
-def _heatmap_base64(R) -> str:
-    import base64
-
-    from clmem.plots import accuracy_heatmap
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return base64.b64encode(accuracy_heatmap(R, Path(tmp) / "R.png").read_bytes()).decode()
-
-
 def _report(experience: int, report: dict, key: str) -> None:
     import torch
 
     state = report.pop("_checkpoint", None)
     if "ACC" in report:  # last experience: render the heatmap here, not in the driver
-        report["R_png"] = _heatmap_base64(report["R"])
+        from clmem.plots import accuracy_heatmap, png_base64
+
+        report["R_png"] = png_base64(accuracy_heatmap, report["R"])
     report["worker_pid"] = os.getpid()
     report["node_id"] = ray.get_runtime_context().get_node_id()
     if state is None:

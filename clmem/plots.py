@@ -28,6 +28,16 @@ def accuracy_heatmap(R, path: str | Path, title: str = "accuracy matrix R[i][j]"
     return path
 
 
+def png_base64(draw, *args, **kwargs) -> str:
+    """Run ``draw(*args, path, **kwargs)`` (any plot function of this module) and return the
+    PNG as base64 text, so a plot made in a Ray worker can travel in a report."""
+    import base64
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return base64.b64encode(draw(*args, Path(tmp) / "plot.png", **kwargs).read_bytes()).decode()
+
+
 def _pyplot():
     import matplotlib
 

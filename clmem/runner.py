@@ -181,18 +181,11 @@ def memory_picture(model, dataset, device: str) -> str | None:
     """
     if not hasattr(model, "memory_trace"):
         return None
-    import base64
-    import tempfile
-    from pathlib import Path
-
-    from clmem.plots import memory_heatmaps
+    from clmem.plots import memory_heatmaps, png_base64
 
     trace = model.memory_trace(dataset[0][0].unsqueeze(0).to(device))
     usage = None if trace.usage is None else trace.usage[0].cpu()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = memory_heatmaps(usage, trace.read_weights[0].cpu(), trace.write_weights[0].cpu(),
-                               Path(tmp) / "memory.png")
-        return base64.b64encode(path.read_bytes()).decode()
+    return png_base64(memory_heatmaps, usage, trace.read_weights[0].cpu(), trace.write_weights[0].cpu())
 
 
 def _starting_point(strategy, stream: Stream, resume: dict | None, why: str):

@@ -179,20 +179,10 @@ class Tracker:
 
     def _log_matrix(self, run_id: str, R, b, png_base64: str | None = None) -> None:
         """``R.json`` and the ``R.png`` heatmap (given pre-rendered as base64, or rendered here)."""
-        import base64
+        from clmem.plots import accuracy_heatmap, png_base64 as render
 
-        from clmem.plots import accuracy_heatmap
-
-        with tempfile.TemporaryDirectory() as tmp:
-            json_path = Path(tmp) / "R.json"
-            json_path.write_text(json.dumps({"R": R, "b": b}, indent=1))
-            png_path = Path(tmp) / "R.png"
-            if png_base64:
-                png_path.write_bytes(base64.b64decode(png_base64))
-            else:
-                accuracy_heatmap(R, png_path)
-            self.client.log_artifact(run_id, str(json_path))
-            self.client.log_artifact(run_id, str(png_path))
+        self._log_text(run_id, json.dumps({"R": R, "b": b}, indent=1), "R.json")
+        self._log_png(run_id, png_base64 or render(accuracy_heatmap, R), "R.png")
 
 
 def grid_hash(experiment: Experiment) -> str:

@@ -48,12 +48,18 @@ def assert_logged_once(client, run):
     assert sorted(steps) == [0, 1, 2, 3, 4], steps
 
 
-def test_killed_trial_is_retried_and_resumes_from_last_experience(tmp_path, monkeypatch):
+def crashing_grid(tmp_path, monkeypatch, strategy, crash_after, max_failures):
+    """Run a one-trial grid whose trial process exits hard once after ``crash_after``: (exit code, uri)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'crashed'}")
-    file = write(tmp_path, grid("naive", [0], max_failures=1))
+    monkeypatch.setenv(FAULT_ENV, f"{crash_after}:{tmp_path / 'crashed'}")
+    file = write(tmp_path, grid(strategy, [0], max_failures=max_failures))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["grid", str(file), "--tracking-uri", uri]) == 0
+    return main(["grid", str(file), "--tracking-uri", uri]), uri
+
+
+def test_killed_trial_is_retried_and_resumes_from_last_experience(tmp_path, monkeypatch):
+    code, uri = crashing_grid(tmp_path, monkeypatch, "naive", crash_after=1, max_failures=1)
+    assert code == 0
     assert (tmp_path / "crashed").exists()  # the trial process really died once
     client, runs = trial_runs(uri)
     assert len(runs) == 1
@@ -67,11 +73,8 @@ def test_killed_trial_is_retried_and_resumes_from_last_experience(tmp_path, monk
 
 
 def test_non_resumable_strategy_restarts_and_logs_nothing_twice(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(FAULT_ENV, f"2:{tmp_path / 'crashed'}")
-    file = write(tmp_path, grid("replay", [0], max_failures=1))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["grid", str(file), "--tracking-uri", uri]) == 0
+    code, uri = crashing_grid(tmp_path, monkeypatch, "replay", crash_after=2, max_failures=1)
+    assert code == 0
     client, runs = trial_runs(uri)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["clmem.resumed_from"] == "-1"  # replay buffer has no state_dict
@@ -79,11 +82,8 @@ def test_non_resumable_strategy_restarts_and_logs_nothing_twice(tmp_path, monkey
 
 
 def test_trial_failing_beyond_max_failures_ends_failed_not_running(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(FAULT_ENV, f"0:{tmp_path / 'crashed'}")
-    file = write(tmp_path, grid("naive", [0], max_failures=0))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["grid", str(file), "--tracking-uri", uri]) == 1
+    code, uri = crashing_grid(tmp_path, monkeypatch, "naive", crash_after=0, max_failures=0)
+    assert code == 1
     client, runs = trial_runs(uri)
     assert [r.info.status for r in runs] == ["FAILED"]
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
