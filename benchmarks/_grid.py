@@ -11,21 +11,28 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied recursively: mappings merge key by key, anything else
+    (lists included, i.e. grid axes) replaces the value."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def run_experiment(name: str, overrides: dict, axes: list[str],
                    columns=("ACC", "BWT", "Forgetting", "wall_time_s")) -> list[dict]:
-    """Run ``experiments/<name>.yaml`` (top-level keys replaced by ``overrides``) on local Ray,
+    """Run ``experiments/<name>.yaml`` (merged with ``overrides``, see :func:`merge`) on local Ray,
     tracked in a temporary SQLite store; return mean ± sd over seeds per group of ``axes``."""
     from clmem.compare import group_rows
     from clmem.config import Experiment
     from clmem.grid import run_grid
     from clmem.tracking import Tracker
 
-    raw = yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            raw[key] = {**raw.get(key, {}), **value}
-        else:
-            raw[key] = value
+    raw = merge(yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text()), overrides)
     experiment = Experiment.from_dict(raw)
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
