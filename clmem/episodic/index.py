@@ -1,15 +1,23 @@
-"""FAISS indexes keyed by slot id: the FAISS id of a vector is the store slot that holds its payload.
+"""FAISS indexes over slot ids; the index is the only copy of the store's embeddings.
 
-* ``flat``: ``IndexIDMap(IndexFlat)``; removal with ``remove_ids``.
-* ``ivf``: exact ``IndexIDMap(IndexFlat)`` until the store holds ``config.ivf_train_size`` items,
-  then an ``IndexIVFFlat`` is trained once (seeded k-means) on everything held and replaces it.
-  Searches before that point are exact.  The trained quantizer is kept even if the store shrinks.
-* ``hnsw``: ``IndexHNSWFlat`` cannot remove vectors, so removed vectors become tombstones that
-  searches skip with an ``IDSelectorBitmap``; the graph is rebuilt from the live vectors when
-  tombstones outnumber live vectors.
+Every index answers ``put(vectors, slots, held)`` (store or replace), ``remove(slots)``,
+``search(queries, k)`` (slot ids, ``-1`` for missing hits) and ``vectors(slots)``.
+
+* ``flat``: a bare ``IndexFlat`` (no ``IndexIDMap``) plus position<->slot arrays.  Appends are
+  plain ``add`` calls, a replaced slot is overwritten in place in FAISS's own vector array, and
+  ``remove`` moves live tail vectors into the freed positions and truncates, so the index never
+  holds a dead vector and searches never need an ID selector.  Without removals position == slot.
+* ``ivf``: the flat index above until the store holds ``config.ivf_train_size`` items, then an
+  ``IndexIVFFlat`` (FAISS ids = slots, hash-table direct map for removal and reconstruction) is
+  trained once (seeded k-means) on everything held and replaces it.  Searches before that point
+  are exact.  The trained quantizer is kept even if the store shrinks.
+* ``hnsw``: ``IndexHNSWFlat`` cannot remove vectors, so removed (and replaced) vectors become
+  tombstones that searches skip with an ``IDSelectorBitmap``; the graph is rebuilt from the live
+  vectors when tombstones outnumber live vectors.
 
 On ``device="cuda"`` (flat, ivf) the CPU index stays the index of record and a GPU clone serves
-searches: additions are mirrored to it, a removal drops it and the next search clones it again.
+searches: appends are mirrored to it; an overwrite or removal drops it and the next search clones
+it again.
 """
 
 from __future__ import annotations
@@ -45,45 +53,38 @@ def _from_bytes(blob: torch.Tensor) -> Any:
     return import_faiss().deserialize_index(np.ascontiguousarray(blob.numpy()))
 
 
+def codes_view(flat: Any, dim: int) -> np.ndarray:
+    """Writable ``[ntotal, dim]`` numpy view of an ``IndexFlat``'s vectors (valid until its next add)."""
+    n = int(flat.ntotal)
+    if n == 0:
+        return np.empty((0, dim), dtype=np.float32)
+    return import_faiss().rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+
+
 def empty_result(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """FAISS-shaped result with no hits (distances are fixed up by the store)."""
     return np.zeros((n_queries, k), dtype=np.float32), np.full((n_queries, k), -1, dtype=np.int64)
 
 
-class IdMapIndex:
-    """Exact index whose FAISS ids are slot ids, with an optional GPU search mirror."""
+def grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with room for at least ``size`` rows (amortised doubling, new rows ``-1``)."""
+    if size <= len(array):
+        return array
+    out = np.full(max(size, 2 * len(array), 16), -1, dtype=array.dtype)
+    out[:len(array)] = array
+    return out
 
-    def __init__(self, config: EpisodicStoreConfig, device: str = "cpu") -> None:
-        self.config = config
-        self.device = device
-        self.cpu = import_faiss().IndexIDMap(_flat(config))
-        self._gpu: Any = None
-        self._gpu_resources: Any = None
 
-    @property
-    def ntotal(self) -> int:
-        """Number of vectors held."""
-        return int(self.cpu.ntotal)
+class _GpuMirror:
+    """Optional GPU clone of a CPU index that serves searches on ``device="cuda"``."""
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Add ``vectors`` under FAISS ids ``ids`` (mirrored to the GPU clone if there is one)."""
-        self.cpu.add_with_ids(vectors, ids)
-        if self._gpu is not None:
-            self._gpu.add_with_ids(vectors, ids)
-
-    def remove(self, ids: np.ndarray) -> None:
-        """Remove the vectors stored under ``ids``; the GPU clone is rebuilt lazily."""
-        self.cpu.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-        self._gpu = None
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw FAISS search: ``(distances, ids)`` with ``-1`` where fewer than ``k`` hits exist."""
-        if self.ntotal == 0:
-            return empty_result(len(queries), k)
-        return self._searcher().search(queries, k)
+    device = "cpu"
+    cpu: Any = None
+    _gpu: Any = None
+    _gpu_resources: Any = None
 
     def _searcher(self) -> Any:
-        """The index that answers searches: the CPU index, or its GPU clone on ``cuda``."""
+        """The index that answers searches: the CPU index, or its (lazily made) GPU clone."""
         if self.device != "cuda":
             return self.cpu
         if self._gpu is None:
@@ -93,48 +94,181 @@ class IdMapIndex:
             self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.cpu)
         return self._gpu
 
+
+class FlatIndex(_GpuMirror):
+    """Exact index holding each live vector once; ``_pos_slot``/``_slot_pos`` map positions and slots."""
+
+    def __init__(self, config: EpisodicStoreConfig, device: str = "cpu") -> None:
+        self.config = config
+        self.device = device
+        self.cpu = _flat(config)
+        self._pos_slot = np.full(16, -1, dtype=np.int64)
+        self._slot_pos = np.full(config.capacity, -1, dtype=np.int64)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors held."""
+        return int(self.cpu.ntotal)
+
+    def put(self, vectors: np.ndarray, slots: np.ndarray, held: np.ndarray) -> None:
+        """Store ``vectors [m, D]`` under distinct ``slots``; ``held[i]``: slot i already holds one (overwritten)."""
+        if held.any():
+            self.codes()[self._slot_pos[slots[held]]] = vectors[held]
+            self._gpu = None
+            if held.all():
+                return
+            vectors, slots = np.ascontiguousarray(vectors[~held]), slots[~held]
+        start, end = self.ntotal, self.ntotal + len(slots)
+        self.cpu.add(vectors)
+        if self._gpu is not None:
+            self._gpu.add(vectors)
+        self._pos_slot = grown(self._pos_slot, end)
+        self._pos_slot[start:end] = slots
+        self._slot_pos[slots] = np.arange(start, end)
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Drop held ``slots``: live vectors from the tail move into the freed positions, then truncate."""
+        pos = self._slot_pos[slots]
+        pos = np.unique(pos[pos >= 0])
+        if len(pos) == 0:
+            return
+        n = self.ntotal
+        keep = n - len(pos)
+        self._slot_pos[self._pos_slot[pos]] = -1
+        tail_dead = np.zeros(n - keep, dtype=bool)
+        tail_dead[pos[pos >= keep] - keep] = True
+        movers, holes = keep + np.flatnonzero(~tail_dead), pos[pos < keep]
+        if len(holes):
+            view = self.codes()
+            view[holes] = view[movers]
+            self._pos_slot[holes] = self._pos_slot[movers]
+            self._slot_pos[self._pos_slot[holes]] = holes
+        self._pos_slot[keep:n] = -1
+        self.cpu.remove_ids(import_faiss().IDSelectorRange(keep, n))
+        self._gpu = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search: ``(distances, slot ids)`` with ``-1`` where fewer than ``k`` hits exist."""
+        if self.ntotal == 0:
+            return empty_result(len(queries), k)
+        distances, pos = self._searcher().search(queries, k)
+        return distances, np.where(pos >= 0, self._pos_slot[np.maximum(pos, 0)], -1)
+
+    def codes(self) -> np.ndarray:
+        """Writable view of the held vectors, by position."""
+        return codes_view(self.cpu, self.config.dim)
+
+    def vectors(self, slots: np.ndarray) -> np.ndarray:
+        """Copies of the vectors held under (held) ``slots``."""
+        return self.codes()[self._slot_pos[slots]]
+
+    def held(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors [n, D], slots [n])`` of everything held, by position (vectors are a view)."""
+        return self.codes(), self._pos_slot[:self.ntotal]
+
     def state(self) -> dict[str, Any]:
         """Checkpointable state."""
-        return {"index": _to_bytes(self.cpu)}
+        return {"index": _to_bytes(self.cpu), "pos_slot": torch.from_numpy(self._pos_slot[:self.ntotal].copy())}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state`."""
         self.cpu = _from_bytes(state["index"])
         self._gpu = None
+        pos_slot = state["pos_slot"].numpy().astype(np.int64)
+        self._pos_slot = grown(pos_slot.copy(), len(pos_slot) + 16)
+        self._slot_pos[:] = -1
+        self._slot_pos[pos_slot] = np.arange(len(pos_slot))
 
 
-class IvfIndex(IdMapIndex):
-    """IVFFlat index that searches exactly until it has been trained (see module docstring)."""
+class IvfIndex(_GpuMirror):
+    """A :class:`FlatIndex` until trained, then an IVFFlat over slot ids (see module docstring)."""
 
     def __init__(self, config: EpisodicStoreConfig, device: str = "cpu") -> None:
-        super().__init__(config, device)
-        self.trained = False
+        self.config = config
+        self.device = device
+        self.flat: FlatIndex | None = FlatIndex(config, device)
+        self.cpu = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the IVF index has replaced the exact one."""
+        return self.flat is None
+
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors held."""
+        return self.flat.ntotal if self.flat is not None else int(self.cpu.ntotal)
 
     def needs_training(self, n_live: int) -> bool:
         """True once the store holds enough items to train the coarse quantizer."""
         return not self.trained and n_live >= self.config.ivf_train_size
 
-    def train(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Train an ``IndexIVFFlat`` on ``vectors`` (all items held), fill it and switch to it."""
+    def train(self) -> None:
+        """Train an ``IndexIVFFlat`` on everything held, fill it and switch to it."""
+        assert self.flat is not None
         faiss = import_faiss()
         cfg = self.config
+        view, slots = self.flat.held()
+        vectors = np.ascontiguousarray(view)
         ivf = faiss.IndexIVFFlat(_flat(cfg), cfg.dim, cfg.nlist, _metric(cfg))
         ivf.cp.seed = cfg.seed
         ivf.train(vectors)
         ivf.nprobe = cfg.nprobe
-        ivf.add_with_ids(vectors, ids)
-        self.cpu = ivf
-        self.trained = True
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(vectors, np.ascontiguousarray(slots))
+        self.cpu, self.flat, self._gpu = ivf, None, None
+
+    def put(self, vectors: np.ndarray, slots: np.ndarray, held: np.ndarray) -> None:
+        """Store ``vectors`` under ``slots`` (replacing those ``held``)."""
+        if self.flat is not None:
+            self.flat.put(vectors, slots, held)
+            return
+        if held.any():
+            self.remove(slots[held])
+        self.cpu.add_with_ids(vectors, slots)
+        if self._gpu is not None:
+            self._gpu.add_with_ids(vectors, slots)
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Remove the vectors of ``slots``; the GPU clone is rebuilt lazily."""
+        if self.flat is not None:
+            self.flat.remove(slots)
+            return
+        self.cpu.remove_ids(np.ascontiguousarray(slots, dtype=np.int64))
         self._gpu = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, slot ids)``: exact before training, IVF after."""
+        if self.flat is not None:
+            return self.flat.search(queries, k)
+        if self.ntotal == 0:
+            return empty_result(len(queries), k)
+        return self._searcher().search(queries, k)
+
+    def vectors(self, slots: np.ndarray) -> np.ndarray:
+        """Copies of the vectors held under ``slots``."""
+        if self.flat is not None:
+            return self.flat.vectors(slots)
+        if len(slots) == 0:
+            return np.empty((0, self.config.dim), dtype=np.float32)
+        return self.cpu.reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64))
 
     def state(self) -> dict[str, Any]:
         """Checkpointable state."""
-        return {"index": _to_bytes(self.cpu), "trained": self.trained}
+        if self.flat is not None:
+            return {**self.flat.state(), "trained": False}
+        return {"index": _to_bytes(self.cpu), "trained": True}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state`."""
-        super().load_state(state)
-        self.trained = bool(state["trained"])
+        self._gpu = None
+        if not state["trained"]:
+            self.flat = FlatIndex(self.config, self.device)
+            self.flat.load_state(state)
+            self.cpu = None
+            return
+        self.flat, self.cpu = None, _from_bytes(state["index"])
+        self.cpu.set_direct_map_type(import_faiss().DirectMap.Hashtable)
 
 
 class HnswIndex:
@@ -160,24 +294,23 @@ class HnswIndex:
         """Number of live (non-tombstoned) vectors."""
         return int(self.index.ntotal) - self.stale
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Append ``vectors`` to the graph under slot ids ``ids``."""
+    def put(self, vectors: np.ndarray, slots: np.ndarray, held: np.ndarray) -> None:
+        """Append ``vectors`` to the graph under ``slots``; the replaced ones (``held``) become tombstones."""
+        if held.any():
+            self.remove(slots[held])
         start = int(self.index.ntotal)
-        end = start + len(ids)
-        if end > len(self._pos_slot):
-            grown = np.full(max(end, 2 * len(self._pos_slot)), -1, dtype=np.int64)
-            grown[:start] = self._pos_slot[:start]
-            self._pos_slot = grown
+        end = start + len(slots)
+        self._pos_slot = grown(self._pos_slot, end)
         self.index.add(vectors)
-        self._pos_slot[start:end] = ids
-        self._slot_pos[ids] = np.arange(start, end)
+        self._pos_slot[start:end] = slots
+        self._slot_pos[slots] = np.arange(start, end)
 
-    def remove(self, ids: np.ndarray) -> None:
-        """Tombstone the vectors of slots ``ids``; rebuild when tombstones outnumber live vectors."""
-        pos = self._slot_pos[ids]
+    def remove(self, slots: np.ndarray) -> None:
+        """Tombstone the vectors of ``slots``; rebuild when tombstones outnumber live vectors."""
+        pos = self._slot_pos[slots]
         pos = pos[pos >= 0]
         self._pos_slot[pos] = -1
-        self._slot_pos[ids] = -1
+        self._slot_pos[slots] = -1
         self.stale += len(pos)
         if self.stale > max(self.ntotal, 64):
             self._rebuild()
@@ -187,10 +320,18 @@ class HnswIndex:
         total = int(self.index.ntotal)
         live = np.flatnonzero(self._pos_slot[:total] >= 0)
         slots = self._pos_slot[live].copy()
-        vectors = self.index.reconstruct_n(0, total)[live] if total else np.empty((0, self.config.dim), np.float32)
+        vectors = self._codes()[live]
         self._reset()
         if len(slots):
-            self.add(np.ascontiguousarray(vectors), slots)
+            self.put(vectors, slots, np.zeros(len(slots), dtype=bool))
+
+    def _codes(self) -> np.ndarray:
+        """View of every vector in the graph (tombstones included), by position."""
+        return codes_view(import_faiss().downcast_index(self.index.storage), self.config.dim)
+
+    def vectors(self, slots: np.ndarray) -> np.ndarray:
+        """Copies of the vectors held under ``slots``."""
+        return self._codes()[self._slot_pos[slots]]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search the graph, skipping tombstones; returns slot ids (``-1`` where no hit)."""
@@ -218,13 +359,13 @@ class HnswIndex:
         self.index = _from_bytes(state["index"])
         self.index.hnsw.efSearch = self.config.hnsw_ef_search
         pos_slot = state["pos_slot"].numpy().astype(np.int64)
-        self._pos_slot = np.concatenate([pos_slot, np.full(16, -1, dtype=np.int64)])
+        self._pos_slot = grown(pos_slot.copy(), len(pos_slot) + 16)
         live = np.flatnonzero(pos_slot >= 0)
         self._slot_pos[pos_slot[live]] = live
         self.stale = int(len(pos_slot) - len(live))
 
 
-def make_index(config: EpisodicStoreConfig, device: str) -> IdMapIndex | IvfIndex | HnswIndex:
+def make_index(config: EpisodicStoreConfig, device: str) -> FlatIndex | IvfIndex | HnswIndex:
     """Build the empty index for ``config`` on the resolved ``device``."""
-    kinds = {"flat": IdMapIndex, "ivf": IvfIndex, "hnsw": HnswIndex}
+    kinds = {"flat": FlatIndex, "ivf": IvfIndex, "hnsw": HnswIndex}
     return kinds[config.index](config, device)

@@ -62,23 +62,34 @@ def as_range(index: np.ndarray) -> slice | None:
 
 
 class PayloadBuffer:
-    """Embeddings (float32 numpy, for FAISS) and payloads (torch) in arrays of ``capacity`` rows.
+    """Payloads (torch) in arrays indexed by slot id, and the occupancy of the ``capacity`` slots.
 
-    Optional payloads are allocated on the first ``write`` that provides them; from then on every
-    write must provide them (and none may be introduced once items without them are held).
+    Payload arrays grow by amortised doubling up to ``capacity`` rows as higher slots are written
+    (a store of 10^6 slots allocates nothing large until it fills).  Embeddings are not kept here:
+    the FAISS index holds the only copy (see :mod:`clmem.episodic.index`).  Optional payloads are
+    allocated on the first ``write`` that provides them; from then on every write must provide them
+    (and none may be introduced once items without them are held).
     """
 
-    def __init__(self, capacity: int, dim: int) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.dim = dim
         self._allocate()
 
     def _allocate(self) -> None:
         """(Re)allocate empty arrays."""
-        self.embeddings = np.zeros((self.capacity, self.dim), dtype=np.float32)
-        self.experiences = torch.zeros(self.capacity, dtype=torch.int64)
+        self.rows = 0  # allocated rows of every payload array
+        self.experiences = torch.zeros(0, dtype=torch.int64)
         self.occupied = np.zeros(self.capacity, dtype=bool)
         self.optional: dict[str, torch.Tensor | None] = {name: None for name in OPTIONAL_FIELDS}
+
+    def _reserve(self, rows: int) -> None:
+        """Grow every payload array to at least ``rows`` rows (doubling, at most ``capacity``)."""
+        if rows <= self.rows:
+            return
+        new = min(self.capacity, max(rows, 2 * self.rows, 64))
+        self.experiences = _grow(self.experiences, new)
+        self.optional = {name: (_grow(t, new) if t is not None else None) for name, t in self.optional.items()}
+        self.rows = new
 
     def check_schema(self, given: dict[str, torch.Tensor | None]) -> None:
         """Allocate newly seen optional payloads; reject a batch whose fields differ from what is held."""
@@ -87,43 +98,41 @@ class PayloadBuffer:
             if held is None and value is not None:
                 if self.occupied.any():
                     raise ValueError(f"add(): {name} given now but not for the items already held")
-                self.optional[name] = torch.zeros((self.capacity, *value.shape[1:]), dtype=value.dtype)
+                self.optional[name] = torch.zeros((self.rows, *value.shape[1:]), dtype=value.dtype)
             elif held is not None and value is None:
                 raise ValueError(f"add(): {name} expected (the store holds {name} of shape {tuple(held.shape[1:])})")
             elif held is not None and tuple(value.shape[1:]) != tuple(held.shape[1:]):
                 raise ValueError(f"add(): {name} expected shape (*, {tuple(held.shape[1:])}), got {tuple(value.shape)}")
 
-    def write(self, slots: np.ndarray, rows: np.ndarray, embeddings: np.ndarray, experiences: torch.Tensor,
+    def write(self, slots: np.ndarray, rows: np.ndarray, experience: torch.Tensor | int,
               given: dict[str, torch.Tensor | None]) -> None:
         """Copy batch rows ``rows`` into slots ``slots`` (plain slice copies when both are ranges)."""
+        if len(slots) == 0:
+            return
+        self._reserve(int(slots.max()) + 1)
         dst, src = as_range(slots), as_range(rows)
         if dst is None or src is None:
             dst, src = torch.from_numpy(slots), torch.from_numpy(rows)  # type: ignore[assignment]
-            self.embeddings[slots] = embeddings[rows]
-        else:
-            self.embeddings[dst] = embeddings[src]
-        self.experiences[dst] = experiences[src]
+        self.experiences[dst] = experience if isinstance(experience, int) else experience[src]
         for name, value in given.items():
             held = self.optional[name]
             if held is not None and value is not None:
                 held[dst] = value[src].to(held.dtype)
         self.occupied[slots] = True
 
-    def read(self, slots: np.ndarray) -> EpisodeBatch:
-        """Payload batch of the (occupied) slots ``slots``."""
+    def read(self, slots: np.ndarray, embeddings: np.ndarray) -> EpisodeBatch:
+        """Payload batch of the (occupied) slots ``slots`` with their ``embeddings [len(slots), D]``."""
         index = torch.from_numpy(slots)
-        fields = {name: (t[index].clone() if t is not None else None) for name, t in self.optional.items()}
-        return EpisodeBatch(slot_ids=index.clone(), embeddings=torch.from_numpy(self.embeddings[slots]),
-                            experiences=self.experiences[index].clone(), **fields)
+        fields = {name: t[index] if t is not None else None for name, t in self.optional.items()}
+        return EpisodeBatch(slot_ids=index.clone(), embeddings=torch.from_numpy(embeddings),
+                            experiences=self.experiences[index], **fields)
 
     def state(self) -> dict[str, Any]:
         """Checkpointable state (only occupied rows are kept)."""
-        live = np.flatnonzero(self.occupied)
-        index = torch.from_numpy(live)
-        state: dict[str, Any] = {"slots": index.clone(), "embeddings": torch.from_numpy(self.embeddings[live]),
-                                 "experiences": self.experiences[index].clone()}
+        index = torch.from_numpy(np.flatnonzero(self.occupied))
+        state: dict[str, Any] = {"slots": index.clone(), "experiences": self.experiences[index]}
         for name, held in self.optional.items():
-            state[name] = held[index].clone() if held is not None else None
+            state[name] = held[index] if held is not None else None
             state[f"{name}_shape"] = list(held.shape[1:]) if held is not None else None
             state[f"{name}_dtype"] = str(held.dtype).removeprefix("torch.") if held is not None else None
         return state
@@ -132,12 +141,21 @@ class PayloadBuffer:
         """Restore from :meth:`state`."""
         self._allocate()
         slots = state["slots"].numpy().astype(np.int64)
-        index = torch.from_numpy(slots)
-        self.embeddings[slots] = state["embeddings"].numpy()
-        self.experiences[index] = state["experiences"]
         for name in OPTIONAL_FIELDS:
             if state[name] is not None:
                 dtype = getattr(torch, state[f"{name}_dtype"])
-                self.optional[name] = torch.zeros((self.capacity, *state[f"{name}_shape"]), dtype=dtype)
-                self.optional[name][index] = state[name]
+                self.optional[name] = torch.zeros((0, *state[f"{name}_shape"]), dtype=dtype)
+        self._reserve(int(slots.max()) + 1 if len(slots) else 0)
+        index = torch.from_numpy(slots)
+        self.experiences[index] = state["experiences"]
+        for name in OPTIONAL_FIELDS:
+            if state[name] is not None:
+                self.optional[name][index] = state[name]  # type: ignore[index]
         self.occupied[slots] = True
+
+
+def _grow(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor`` with ``rows`` leading rows: its rows first, then uninitialised rows (never read unwritten)."""
+    out = torch.empty((rows, *tensor.shape[1:]), dtype=tensor.dtype)
+    out[:len(tensor)] = tensor
+    return out

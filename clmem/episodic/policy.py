@@ -55,19 +55,19 @@ class ReservoirPolicy(_Policy):
     items fill, which biases the sample towards recent items.
     """
 
-    def assign_batch(self, occupied: np.ndarray, m: int) -> np.ndarray:
-        """Slots for ``m`` offered items (``-1`` = dropped)."""
-        free = np.flatnonzero(~occupied)[:m]
+    def assign_batch(self, free: np.ndarray, m: int) -> np.ndarray:
+        """Slots for ``m`` offered items (``-1`` = dropped) given the lowest free slots ``free`` (ascending)."""
+        free = free[:m].astype(np.int64, copy=False)
         n_free = len(free)
         rest = m - n_free
         if rest == 0:  # free slots are distinct: nothing can be overwritten within the batch
             self.seen += m
-            return free.astype(np.int64)
+            return free
         stream_index = self.seen + n_free + np.arange(rest, dtype=np.int64)
-        draws = self.rng.integers(0, stream_index + 1) if rest else np.empty(0, dtype=np.int64)
+        draws = self.rng.integers(0, stream_index + 1)
         replaced = np.where(draws < self.capacity, draws, -1)
         self.seen += m
-        return keep_last(np.concatenate([free.astype(np.int64), replaced.astype(np.int64)]))
+        return keep_last(np.concatenate([free, replaced.astype(np.int64)]))
 
 
 class ClassBalancedPolicy(_Policy):
@@ -77,32 +77,41 @@ class ClassBalancedPolicy(_Policy):
     a full store's class counts never drift apart: they converge to within 1 of each other.
     """
 
-    def assign_batch(self, occupied: np.ndarray, held_labels: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Slots for the offered items with labels ``labels`` given the labels currently held."""
-        work = np.where(occupied, held_labels, -1).astype(np.int64)
-        is_free = ~occupied.copy()
-        classes, counts = np.unique(work[~is_free], return_counts=True)
-        count = dict(zip(classes.tolist(), counts.tolist()))
-        free = list(np.flatnonzero(is_free)[::-1])
-        slots = np.empty(len(labels), dtype=np.int64)
-        for i, label in enumerate(labels.tolist()):
-            slots[i] = free.pop() if free else self._victim(work, count, label)
-            work[slots[i]] = label
-            count[label] = count.get(label, 0) + 1
-        self.seen += len(labels)
+    def assign_batch(self, free: np.ndarray, held_slots: np.ndarray, held_labels: np.ndarray,
+                     labels: np.ndarray) -> np.ndarray:
+        """Slots for items labelled ``labels`` given the lowest free slots and the held (slot, label) pairs."""
+        m = len(labels)
+        free = free[:m].astype(np.int64, copy=False)
+        slots = np.empty(m, dtype=np.int64)
+        slots[:len(free)] = free
+        if len(free) < m:
+            members = _members(np.concatenate([held_slots, free]), np.concatenate([held_labels, labels[:len(free)]]))
+            for i, label in enumerate(labels[len(free):].tolist(), start=len(free)):
+                slots[i] = self._victim(members, label)
+                members.setdefault(label, []).append(int(slots[i]))
+        self.seen += m
         return keep_last(slots)
 
-    def _victim(self, work: np.ndarray, count: dict[int, int], label: int) -> int:
-        """Pick the slot to overwrite for an item of class ``label`` and update ``count``."""
-        largest = max(count.values())
-        if count.get(label, 0) == largest:
+    def _victim(self, members: dict[int, list[int]], label: int) -> int:
+        """Remove and return a random slot of the largest class (``label``'s own if it is among them)."""
+        largest = max(len(v) for v in members.values())
+        if len(members.get(label, ())) == largest:
             victim_class = label
         else:
-            tied = sorted(c for c, n in count.items() if n == largest)
+            tied = sorted(c for c, v in members.items() if len(v) == largest)
             victim_class = tied[int(self.rng.integers(len(tied)))]
-        candidates = np.flatnonzero(work == victim_class)
-        count[victim_class] -= 1
-        return int(candidates[self.rng.integers(len(candidates))])
+        pool = members[victim_class]
+        pick = int(self.rng.integers(len(pool)))
+        pool[pick], pool[-1] = pool[-1], pool[pick]
+        return pool.pop()
+
+
+def _members(slots: np.ndarray, labels: np.ndarray) -> dict[int, list[int]]:
+    """Slots grouped by label (each list ascending)."""
+    order = np.lexsort((slots, labels))
+    classes, starts = np.unique(labels[order], return_index=True)
+    groups = np.split(slots[order], starts[1:])
+    return {int(c): g.tolist() for c, g in zip(classes, groups)}
 
 
 def make_policy(name: str, capacity: int, seed: int) -> ReservoirPolicy | ClassBalancedPolicy:

@@ -1,8 +1,9 @@
 """An episodic store split over S shards, held in-process or by Ray actors.
 
-Global ids encode the shard: ``gid = local_slot * S + shard``.  Inserts are routed round-robin
-(per client), searches fan out to every shard and the per-shard top-k lists are merged by
-distance with ties broken by ascending global id, so a sharded flat store returns exactly the
+Global ids encode the shard: ``gid = local_slot * S + shard``.  Each batch is split into
+contiguous slices that rotate over the shards (per client; each shard gets as many items as
+item-by-item round-robin would give it), searches fan out to every shard and the per-shard top-k
+lists are merged by distance with ties broken by ascending global id, so a sharded flat store returns exactly the
 top-k of one flat index over all items.  Each shard runs its own insertion policy over the items
 routed to it (capacity is split evenly); a shard serialises its own mutations (a Ray actor runs
 one method at a time), so concurrent clients lose nothing the shard's policy would keep.
@@ -113,11 +114,28 @@ class LocalShards:
         """Nothing to release."""
 
 
-def _split(value: Any, rows: np.ndarray) -> Any:
-    """Rows ``rows`` of an optional per-item value (ints and ``None`` pass through)."""
+def _split(value: Any, rows: slice) -> Any:
+    """Rows ``rows`` of an optional per-item value (ints and ``None`` pass through; slices are views)."""
     if value is None or isinstance(value, (int, np.integer)):
         return value
-    return value[torch.from_numpy(rows)] if isinstance(value, torch.Tensor) else np.asarray(value)[rows]
+    return value[rows] if isinstance(value, (torch.Tensor, np.ndarray)) else np.asarray(value)[rows]
+
+
+def route(rows: int, num_shards: int, cursor: int) -> tuple[list[tuple[int, slice]], int]:
+    """Split a batch of ``rows`` items into contiguous near-equal slices, one per shard.
+
+    Shards ``cursor, cursor+1, ...`` (mod S) take the slices in turn and the first ``rows % S``
+    of them one extra item, so every shard receives exactly as many items as per-item
+    round-robin from ``cursor`` would give it.  Returns ``([(shard, slice)], next cursor)``.
+    """
+    base, extra = divmod(rows, num_shards)
+    parts, start = [], 0
+    for j in range(num_shards):
+        n = base + (j < extra)
+        if n:
+            parts.append(((cursor + j) % num_shards, slice(start, start + n)))
+            start += n
+    return parts, (cursor + extra) % num_shards
 
 
 class ShardedEpisodicStore:
@@ -192,16 +210,13 @@ class ShardedEpisodicStore:
 
     def add(self, embeddings: Any, inputs: Any = None, labels: Any = None, logits: Any = None,
             experience: int | Any = 0) -> torch.Tensor:
-        """Route a batch round-robin over shards; return global ids (``-1`` for items not kept)."""
+        """Route a batch over shards in contiguous slices (see :func:`route`); return global ids (``-1``: not kept)."""
         vectors = as_matrix(embeddings, self._config.dim, "embeddings")
-        rows_in = len(vectors)
-        route = (self._next_shard + np.arange(rows_in)) % self._num_shards
-        self._next_shard = int((self._next_shard + rows_in) % self._num_shards)
-        groups = [(s, np.flatnonzero(route == s)) for s in range(self._num_shards) if (route == s).any()]
+        parts, self._next_shard = route(len(vectors), self._num_shards, self._next_shard)
         calls = [(s, "add", (vectors[rows], _split(inputs, rows), _split(labels, rows), _split(logits, rows),
-                             _split(experience, rows))) for s, rows in groups]
-        gids = np.full(rows_in, -1, dtype=np.int64)
-        for (s, rows), local in zip(groups, self._group.call_many(calls)):
+                             _split(experience, rows))) for s, rows in parts]
+        gids = np.full(len(vectors), -1, dtype=np.int64)
+        for (s, rows), local in zip(parts, self._group.call_many(calls)):
             gids[rows] = np.where(local >= 0, local * self._num_shards + s, -1)
         return torch.from_numpy(gids)
 

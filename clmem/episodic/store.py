@@ -17,7 +17,7 @@ from clmem.episodic.payload import EpisodeBatch, PayloadBuffer, as_tensor
 from clmem.episodic.persist import load_state, save_state
 from clmem.episodic.policy import ClassBalancedPolicy, make_policy
 
-STATE_FORMAT = "clmem.episodic.store/1"
+STATE_FORMAT = "clmem.episodic.store/2"
 #: Fields that must agree between a checkpoint and the store it is loaded into (device may differ).
 _STRUCTURAL = ("dim", "capacity", "index", "metric", "policy", "nlist", "hnsw_m")
 
@@ -62,9 +62,10 @@ class EpisodicStore:
         self._config = config
         self._device = resolve_device(config.device, config.index)
         self._index = make_index(config, self._device)
-        self._buffer = PayloadBuffer(config.capacity, config.dim)
+        self._buffer = PayloadBuffer(config.capacity)
         self._policy = make_policy(config.policy, config.capacity, config.seed)
         self._size = 0
+        self._top = 0  # 1 + the highest slot ever written (== size while there are no holes)
 
     @property
     def config(self) -> EpisodicStoreConfig:
@@ -101,36 +102,47 @@ class EpisodicStore:
         slots = self._assign(rows_in, given["labels"])
         rows = np.flatnonzero(slots >= 0)
         targets = slots[rows]
-        replaced = targets[self._buffer.occupied[targets]]
-        if len(replaced):
-            self._index.remove(replaced)
-        self._buffer.write(targets, rows, vectors, experiences, given)
-        self._index.add(vectors if len(rows) == rows_in else np.ascontiguousarray(vectors[rows]), targets)
-        self._size += len(targets) - len(replaced)
+        held = self._buffer.occupied[targets]
+        n_replaced = int(held.sum())
+        self._buffer.write(targets, rows, experiences, given)
+        self._index.put(vectors if len(rows) == rows_in else vectors[rows], targets, held)
+        self._size += len(targets) - n_replaced
+        if len(targets):
+            self._top = max(self._top, int(targets.max()) + 1)
         self._maybe_train()
         return torch.from_numpy(slots)
 
-    def _experience_ids(self, experience: Any, rows: int) -> torch.Tensor:
-        """``[rows]`` int64 experience ids from an int or a per-row array."""
+    def _experience_ids(self, experience: Any, rows: int) -> torch.Tensor | int:
+        """An int experience id, or ``[rows]`` int64 ids from a per-row array."""
         if isinstance(experience, (int, np.integer)) and not isinstance(experience, bool):
-            return torch.full((rows,), int(experience), dtype=torch.int64)
+            return int(experience)
         return as_tensor(experience, "experience", rows).to(torch.int64).reshape(rows)
+
+    def _free_slots(self, m: int) -> np.ndarray:
+        """The (up to) ``m`` lowest free slots, ascending."""
+        if self._top == self._size:  # no holes: slots 0 .. size-1 are exactly the held ones
+            return np.arange(self._size, min(self._size + m, self._config.capacity), dtype=np.int64)
+        free = np.flatnonzero(~self._buffer.occupied)
+        if len(free) and free[0] >= self._size:  # the holes are gone (refilled)
+            self._top = self._size
+        return free[:m]
 
     def _assign(self, rows: int, labels: torch.Tensor | None) -> np.ndarray:
         """Run the insertion policy for a batch of ``rows`` items."""
+        free = self._free_slots(rows)
         if not isinstance(self._policy, ClassBalancedPolicy):
-            return self._policy.assign_batch(self._buffer.occupied, rows)
+            return self._policy.assign_batch(free, rows)
         if labels is None or labels.dim() != 1 or labels.is_floating_point():
             raise ValueError("add(): policy 'class_balanced' expects labels as a 1-D integer tensor")
-        held = self._buffer.optional["labels"]
-        assert held is not None  # allocated by check_schema
-        return self._policy.assign_batch(self._buffer.occupied, held.numpy(), labels.numpy())
+        held_labels = self._buffer.optional["labels"]
+        assert held_labels is not None  # allocated by check_schema
+        held = self.live_slots().numpy() if len(free) < rows else np.empty(0, dtype=np.int64)
+        return self._policy.assign_batch(free, held, held_labels.numpy()[held], labels.numpy())
 
     def _maybe_train(self) -> None:
         """Train an IVF index once the store holds enough items (see :mod:`clmem.episodic.index`)."""
         if isinstance(self._index, IvfIndex) and self._index.needs_training(self._size):
-            live = np.flatnonzero(self._buffer.occupied)
-            self._index.train(np.ascontiguousarray(self._buffer.embeddings[live]), live)
+            self._index.train()
 
     def search(self, queries: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` nearest items of each of ``Q`` queries: ``(distances [Q, k], slot ids [Q, k])``."""
@@ -155,7 +167,11 @@ class EpisodicStore:
         """Payloads of ``slot_ids`` (in that order); ``KeyError`` if any is not held."""
         ids = as_ids(slot_ids)
         self._check_held(ids)
-        return self._buffer.read(ids)
+        return self._read(ids)
+
+    def _read(self, slots: np.ndarray) -> EpisodeBatch:
+        """Payloads and embeddings of held ``slots``."""
+        return self._buffer.read(slots, self._index.vectors(slots))
 
     def live_slots(self) -> torch.Tensor:
         """Slot ids currently held, ascending."""
@@ -167,7 +183,7 @@ class EpisodicStore:
             raise ValueError(f"sample(): n expected a non-negative int, got {n!r}")
         live = self.live_slots()
         pick = torch.randperm(len(live), generator=generator)[:n]
-        return self._buffer.read(live[pick].numpy())
+        return self._read(live[pick].numpy())
 
     def remove(self, slot_ids: Any) -> int:
         """Remove the held items among ``slot_ids`` (others are ignored); return how many were removed."""
@@ -199,6 +215,8 @@ class EpisodicStore:
         self._index.load_state(state["index"])
         self._policy.load_state(state["policy"])
         self._size = int(state["size"])
+        live = np.flatnonzero(self._buffer.occupied)
+        self._top = int(live[-1]) + 1 if len(live) else 0
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Atomically write the store to ``path`` (see :mod:`clmem.episodic.persist`)."""
