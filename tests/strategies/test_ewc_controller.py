@@ -87,3 +87,14 @@ def test_online_mode_keeps_one_decayed_running_fisher_and_state_round_trips():
         model.controller.weight.fill_(1.0)
     assert clone.penalty(model).item() == pytest.approx(plugin.penalty(model).item()) == pytest.approx(1.5)
     assert clone.experiences_seen == 2
+
+
+def test_params_all_covers_what_avalanche_ewc_covers_on_the_benchmark_mlp():
+    """permuted_mnist_ewc's `params: all` row regularises exactly Avalanche EWC's parameters; the
+    default `controller` row leaves the classifier head out."""
+    from avalanche.training.utils import zerolike_params_dict
+
+    model = MLP(784, 10, hidden_size=256, num_layers=2)
+    avalanche = list(zerolike_params_dict(model))
+    assert select_parameters(model, "all") == avalanche
+    assert select_parameters(model, "controller") == [n for n in avalanche if not n.startswith("classifier.")]
