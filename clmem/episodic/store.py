@@ -12,12 +12,14 @@ import torch
 
 from clmem.episodic._faiss import resolve_device
 from clmem.episodic.config import EpisodicStoreConfig
-from clmem.episodic.index import IvfIndex, make_index
+from clmem.episodic.index import FlatIndex, IvfIndex, make_index
 from clmem.episodic.payload import EpisodeBatch, PayloadBuffer, as_tensor
 from clmem.episodic.persist import load_state, save_state
 from clmem.episodic.policy import ClassBalancedPolicy, make_policy
 
 STATE_FORMAT = "clmem.episodic.store/2"
+#: Format 1 kept a second copy of the embeddings in the payload and an ``IndexIDMap`` for flat indexes.
+LEGACY_FORMAT = "clmem.episodic.store/1"
 #: Fields that must agree between a checkpoint and the store it is loaded into (device may differ).
 _STRUCTURAL = ("dim", "capacity", "index", "metric", "policy", "nlist", "hnsw_m")
 
@@ -203,7 +205,9 @@ class EpisodicStore:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; the structural config fields must match this store's."""
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format") == LEGACY_FORMAT:
+            state = {**state, "index": self._index_state_from_v1(state)}
+        elif state.get("format") != STATE_FORMAT:
             raise ValueError(f"load_state_dict(): expected format {STATE_FORMAT!r}, got {state.get('format')!r}")
         saved = state["config"]
         for name in _STRUCTURAL:
@@ -217,6 +221,16 @@ class EpisodicStore:
         self._size = int(state["size"])
         live = np.flatnonzero(self._buffer.occupied)
         self._top = int(live[-1]) + 1 if len(live) else 0
+
+    def _index_state_from_v1(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Index state of a format-1 state: flat (and untrained IVF) indexes are rebuilt from its embeddings."""
+        if self._config.index == "hnsw" or state["index"].get("trained"):
+            return state["index"]
+        flat = FlatIndex(self._config, "cpu")
+        slots = state["payload"]["slots"].numpy().astype(np.int64)
+        vectors = np.ascontiguousarray(state["payload"]["embeddings"].numpy(), dtype=np.float32)
+        flat.put(vectors, slots, np.zeros(len(slots), dtype=bool))
+        return {**flat.state(), "trained": False}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Atomically write the store to ``path`` (see :mod:`clmem.episodic.persist`)."""
