@@ -33,8 +33,44 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _native_link as native
+
 _BLOCK_ELEMENTS = 1 << 17  # row blocks of ~512 KiB (float32): the passes over a block stay in the L2 cache
 KEEP_ALL_BYTES = 1 << 28  # keep every step's link (no recompute) when they fit in 256 MiB
+
+
+POOL_BYTES = 1 << 31  # free link buffers kept between unrolls (at most 2 GiB), see ``release_buffers``
+_pool: Dict[Tuple[Tuple[int, ...], torch.dtype, torch.device], List[Tensor]] = {}
+_pool_bytes = 0
+
+
+def _take(like: Tensor) -> Tensor:
+    """An uninitialised contiguous tensor shaped like ``like``: a pooled buffer of an earlier tape if there is one
+    (fresh large allocations page-fault on first touch, which costs about as much as a link update)."""
+    global _pool_bytes
+    free = _pool.get((tuple(like.shape), like.dtype, like.device))
+    if free:
+        buffer = free.pop()
+        _pool_bytes -= buffer.numel() * buffer.element_size()
+        return buffer
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+def _give(buffers: List[Tensor]) -> None:
+    """Return a finished tape's own buffers to the pool (while it stays under ``POOL_BYTES``)."""
+    global _pool_bytes
+    for buffer in buffers:
+        size = buffer.numel() * buffer.element_size()
+        if _pool_bytes + size <= POOL_BYTES:
+            _pool.setdefault((tuple(buffer.shape), buffer.dtype, buffer.device), []).append(buffer)
+            _pool_bytes += size
+
+
+def release_buffers() -> None:
+    """Free the pooled link buffers of finished tapes."""
+    global _pool_bytes
+    _pool.clear()
+    _pool_bytes = 0
 
 
 def _blocks(m: int, n: int) -> List[Tuple[slice, slice]]:
@@ -87,6 +123,15 @@ class LinkTape:
         self.cache_segment = -1
         self.seg_buffers: List[Tensor] = []
 
+    def __del__(self) -> None:
+        """Pool the buffers this tape allocated (not the caller's initial link, nor a gradient handed out)."""
+        if not hasattr(self, "seg_buffers"):  # __init__ did not finish
+            return
+        initial = self.checkpoints.get(-1)
+        owned = [*self.checkpoints.values(), *self.seg_buffers, self.current, self.grad]
+        unique = {id(x): x for x in owned if x is not None and x is not initial}
+        _give(list(unique.values()))
+
     # ------------------------------------------------------------------ forward
     def step(self, token: Tensor, prev_precedence: Tensor, write_weights: Tensor,
              prev_read_weights: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -110,18 +155,22 @@ class LinkTape:
         self.inputs.append((p, w))
         prev = self.current
         in_place = self.segment > 1 and not any(prev is c for c in self.checkpoints.values())
-        out = prev if in_place else torch.empty_like(prev)
+        out = prev if in_place else _take(prev)
         f = prev.new_empty(self.m, v.shape[1], self.n)
-        b = prev.new_zeros(self.m, v.shape[1], self.n)
-        one_minus_w = 1.0 - w
-        scratch = self._scratch(prev)
-        for mats, rows in self.blocks:
-            block = out[mats, rows]
-            _update_block(block, prev[mats, rows], w[mats], p[mats], one_minus_w[mats, rows], rows, scratch)
-            f[mats, :, rows] = torch.bmm(v[mats], block.transpose(1, 2))
-            b[mats].baddbmm_(v[mats, :, rows], block)
+        if native.usable(prev, w, p, v):
+            b = torch.empty_like(f)
+            native.link_forward(prev, out, w, p, v, f, b)
+        else:
+            b = prev.new_zeros(self.m, v.shape[1], self.n)
+            one_minus_w = 1.0 - w
+            scratch = self._scratch(prev)
+            for mats, rows in self.blocks:
+                block = out[mats, rows]
+                _update_block(block, prev[mats, rows], w[mats], p[mats], one_minus_w[mats, rows], rows, scratch)
+                f[mats, :, rows] = torch.bmm(v[mats], block.transpose(1, 2))
+                b[mats].baddbmm_(v[mats, :, rows], block)
         if (t + 1) % self.segment == 0 and t + 1 < self.steps:
-            self.checkpoints[t] = out.clone() if self.segment > 1 else out
+            self.checkpoints[t] = _take(out).copy_(out) if self.segment > 1 else out
         self.current = out
         return f, b
 
@@ -151,14 +200,17 @@ class LinkTape:
                     prev = self.cache[u]
                     continue
                 while len(self.seg_buffers) <= k:
-                    self.seg_buffers.append(torch.empty_like(prev))
+                    self.seg_buffers.append(_take(prev))
                 out = self.seg_buffers[k]
                 p, w = self.inputs[u]
-                one_minus_w = 1.0 - w
-                scratch = self._scratch(out)
-                for mats, rows in self.blocks:
-                    _update_block(out[mats, rows], prev[mats, rows], w[mats], p[mats], one_minus_w[mats, rows],
-                                  rows, scratch)
+                if native.usable(prev, w, p):
+                    native.link_forward(prev, out, w, p)
+                else:
+                    one_minus_w = 1.0 - w
+                    scratch = self._scratch(out)
+                    for mats, rows in self.blocks:
+                        _update_block(out[mats, rows], prev[mats, rows], w[mats], p[mats], one_minus_w[mats, rows],
+                                      rows, scratch)
                 self.cache[u] = prev = out
             self.cache_segment = seg
         return self.cache[t]
@@ -168,11 +220,15 @@ class LinkTape:
         """Step ``t`` backward with ``gf, gb [M, R, N]`` (or ``None``): returns ``dp, dw [M, N]``, ``dv [M, R, N]``
         and leaves ``dLoss/dL_{t-1}`` in ``self.grad``."""
         m, n = self.m, self.n
-        link, prev = self._link_at(t), self._link_at(t - 1)
+        prev = self._link_at(t - 1)
         p, w = self.inputs[t]
         if self.grad is None or self.grad_step != t:
-            self.grad = link.new_zeros(m, n, n)
+            self.grad = _take(prev).zero_()
         grad = self.grad
+        self.grad_step = t - 1
+        if native.usable(grad, prev, w, p, v, *(x for x in (gf, gb) if x is not None)):
+            return native.link_backward(grad, prev, w, p, v, gf, gb, need_v)
+        link = self._link_at(t)
         lefts, rights = [], []
         if gf is not None:
             lefts.append(gf)
@@ -207,7 +263,6 @@ class LinkTape:
             torch.sub(one_minus_w[mats, rows].unsqueeze(-1), w[mats].unsqueeze(-2), out=tmp)  # G *= 1 - w_i - w_j
             g.mul_(tmp)
         dw -= dw_cols
-        self.grad_step = t - 1
         return dp.squeeze(1), dw, dv
 
 
@@ -218,9 +273,9 @@ class _LinkTapeStep(torch.autograd.Function):
     def forward(ctx, tape: LinkTape, token, prev_precedence, write_weights, prev_read_weights):
         b, h, n = write_weights.shape
         r = prev_read_weights.shape[1]
-        v = prev_read_weights.unsqueeze(1).expand(b, h, r, n).reshape(b * h, r, n)
-        p = prev_precedence.detach().reshape(b * h, n)
-        w = write_weights.detach().reshape(b * h, n)
+        v = prev_read_weights.detach().unsqueeze(1).expand(b, h, r, n).reshape(b * h, r, n).contiguous()
+        p = prev_precedence.detach().reshape(b * h, n).contiguous()
+        w = write_weights.detach().reshape(b * h, n).contiguous()
         ctx.tape, ctx.t = tape, len(tape.inputs)
         ctx.dims = (b, h, r, n)
         ctx.save_for_backward(v)
@@ -235,8 +290,8 @@ class _LinkTapeStep(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         b, h, r, n = ctx.dims
         tape, t = ctx.tape, ctx.t
-        gf = None if grad_forward is None else grad_forward.permute(0, 2, 1, 3).reshape(b * h, r, n)
-        gb = None if grad_backward is None else grad_backward.permute(0, 2, 1, 3).reshape(b * h, r, n)
+        gf = None if grad_forward is None else grad_forward.permute(0, 2, 1, 3).reshape(b * h, r, n).contiguous()
+        gb = None if grad_backward is None else grad_backward.permute(0, 2, 1, 3).reshape(b * h, r, n).contiguous()
         dp, dw, dv = tape._backward(t, gf, gb, v, ctx.needs_input_grad[4])
         if dv is not None:
             dv = dv.view(b, h, r, n).sum(1)
@@ -260,6 +315,6 @@ class _LinkTapeFinal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         tape = ctx.tape
-        tape.grad = grad.reshape(tape.m, tape.n, tape.n).clone()
+        tape.grad = _take(tape.current).copy_(grad.reshape(tape.m, tape.n, tape.n))
         tape.grad_step = ctx.t
         return None, grad.new_zeros(())
