@@ -117,6 +117,8 @@ class AlgorithmicTask:
     """Base class: a seeded generator; subclasses define ``input_size``, ``output_size`` and ``_example``."""
 
     config_class: type = CopyConfig
+    #: channels beyond ``num_bits`` in (input, target)
+    extra_channels: tuple[int, int] = (1, 0)
 
     def __init__(self, config: Optional[object] = None, seed: int = 0, **kwargs) -> None:
         if config is None:
@@ -131,6 +133,23 @@ class AlgorithmicTask:
     def length_range(self) -> tuple[int, int]:
         """The configured ``(min, max)`` of the length the curriculum and ``sample`` vary."""
         return self.config.min_length, self.config.max_length
+
+    @property
+    def input_size(self) -> int:
+        return self.config.num_bits + self.extra_channels[0]
+
+    @property
+    def output_size(self) -> int:
+        return self.config.num_bits + self.extra_channels[1]
+
+    def _frame(self, total: int, answer_start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Zero input ``[total, input_size]``, zero target ``[total, output_size]``, and the loss mask
+        ``[total]``, true from ``answer_start`` on."""
+        x = np.zeros((total, self.input_size), np.float32)
+        y = np.zeros((total, self.output_size), np.float32)
+        mask = np.zeros(total, bool)
+        mask[answer_start:] = True
+        return x, y, mask
 
     def _bits(self, length: int) -> np.ndarray:
         return self.rng.integers(0, 2, size=(length, self.config.num_bits)).astype(np.float32)
@@ -154,39 +173,21 @@ class AlgorithmicTask:
 
 class CopyTask(AlgorithmicTask):
     config_class = CopyConfig
-
-    @property
-    def input_size(self) -> int:
-        return self.config.num_bits + 1
-
-    @property
-    def output_size(self) -> int:
-        return self.config.num_bits
+    extra_channels = (1, 0)  # input: end-of-sequence flag
 
     def _example(self, length: int):
         bits = self.config.num_bits
         seq = self._bits(length)
-        total = 2 * length + 1
-        x = np.zeros((total, bits + 1), np.float32)
-        y = np.zeros((total, bits), np.float32)
+        x, y, mask = self._frame(2 * length + 1, length + 1)
         x[:length, :bits] = seq
         x[length, bits] = 1.0
         y[length + 1:] = seq
-        mask = np.zeros(total, bool)
-        mask[length + 1:] = True
         return x, y, mask
 
 
 class RepeatCopyTask(AlgorithmicTask):
     config_class = RepeatCopyConfig
-
-    @property
-    def input_size(self) -> int:
-        return self.config.num_bits + 2
-
-    @property
-    def output_size(self) -> int:
-        return self.config.num_bits + 1
+    extra_channels = (2, 1)  # input: end flag, normalised repeats; output: end-of-output flag
 
     def _example(self, length: int, repeats: Optional[int] = None):
         c = self.config
@@ -195,15 +196,12 @@ class RepeatCopyTask(AlgorithmicTask):
         seq = self._bits(length)
         start = length + 1
         total = start + length * repeats + 1
-        x = np.zeros((total, c.num_bits + 2), np.float32)
-        y = np.zeros((total, c.num_bits + 1), np.float32)
+        x, y, mask = self._frame(total, start)
         x[:length, :c.num_bits] = seq
         x[length, c.num_bits] = 1.0
         x[length, c.num_bits + 1] = c.normalise_repeats(repeats)
         y[start:total - 1, :c.num_bits] = np.tile(seq, (repeats, 1))
         y[total - 1, c.num_bits] = 1.0
-        mask = np.zeros(total, bool)
-        mask[start:] = True
         return x, y, mask
 
     def sample_repeats(self, batch_size: int, length: int, repeats: int) -> SequenceBatch:
@@ -215,18 +213,11 @@ class RepeatCopyTask(AlgorithmicTask):
 
 class AssociativeRecallTask(AlgorithmicTask):
     config_class = AssociativeRecallConfig
+    extra_channels = (2, 0)  # input: item delimiter, query delimiter
 
     @property
     def length_range(self) -> tuple[int, int]:
         return self.config.min_items, self.config.max_items
-
-    @property
-    def input_size(self) -> int:
-        return self.config.num_bits + 2
-
-    @property
-    def output_size(self) -> int:
-        return self.config.num_bits
 
     def _example(self, num_items: int):
         c = self.config
@@ -240,11 +231,9 @@ class AssociativeRecallTask(AlgorithmicTask):
         rows.extend(np.pad(items[query], ((0, 0), (0, 2))))
         rows.append(self._marker(c.num_bits + 1))
         start = len(rows)
-        x = np.concatenate([np.stack(rows), np.zeros((c.item_length, c.num_bits + 2), np.float32)])
-        y = np.zeros((len(x), c.num_bits), np.float32)
+        x, y, mask = self._frame(start + c.item_length, start)
+        x[:start] = np.stack(rows)
         y[start:] = items[query + 1]
-        mask = np.zeros(len(x), bool)
-        mask[start:] = True
         return x, y, mask
 
     def _marker(self, channel: int) -> np.ndarray:
@@ -255,29 +244,18 @@ class AssociativeRecallTask(AlgorithmicTask):
 
 class PrioritySortTask(AlgorithmicTask):
     config_class = PrioritySortConfig
-
-    @property
-    def input_size(self) -> int:
-        return self.config.num_bits + 2
-
-    @property
-    def output_size(self) -> int:
-        return self.config.num_bits
+    extra_channels = (2, 0)  # input: priority, end flag
 
     def _example(self, length: int):
         c = self.config
         seq = self._bits(length)
         priority = self.rng.uniform(-1.0, 1.0, size=length).astype(np.float32)
         order = np.argsort(-priority, kind="stable")[:c.num_outputs]
-        total = length + 1 + c.num_outputs
-        x = np.zeros((total, c.num_bits + 2), np.float32)
+        x, y, mask = self._frame(length + 1 + c.num_outputs, length + 1)
         x[:length, :c.num_bits] = seq
         x[:length, c.num_bits] = priority
         x[length, c.num_bits + 1] = 1.0
-        y = np.zeros((total, c.num_bits), np.float32)
         y[length + 1:] = seq[order]
-        mask = np.zeros(total, bool)
-        mask[length + 1:] = True
         return x, y, mask
 
 
