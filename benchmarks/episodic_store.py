@@ -1,10 +1,13 @@
 """Benchmark: EpisodicStore and ShardedEpisodicStore (local, Ray) against bare FAISS.
 
 For every index type the same random vectors (float32, N(0, 1)) are inserted in batches and the
-same queries are searched (k nearest) by: bare FAISS on the same index type, the store, and the
-sharded store with 2 and 4 shards (in-process and Ray actors).  Embeddings only (no payloads).
-Reports insert and query throughput, the ratio of each to bare FAISS, and the fraction of the
-store's top-k ids that equal bare FAISS's (1.0 expected for flat).
+same queries are searched (k nearest, same metric) by: bare FAISS on the same index type, the
+store (embeddings only, then with a label payload per item), and the sharded store with 2 and 4
+shards (in-process and Ray actors).  Every variant is built ``--repeats`` times, variants
+interleaved within each repeat so that they see the same machine load; the best insert time and
+the best query time of each are kept.  FAISS runs ``--threads`` OpenMP threads in this process
+(Ray shard actors run single-threaded).  Reports insert and query throughput, the ratio of each
+to bare FAISS, and the fraction of the top-k ids that equal bare FAISS's (1.0 expected for flat).
 
     python benchmarks/episodic_store.py                  # 1,000,000 x 128 (HNSW: --hnsw-n)
     python benchmarks/episodic_store.py --quick          # 20,000 x 128, a smoke run
@@ -31,7 +34,7 @@ from clmem.episodic import EpisodicStore, EpisodicStoreConfig
 from clmem.episodic.sharded import ShardedEpisodicStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUERY_REPEATS = 3
+QUERY_REPEATS = 2  # per build; the reported query time is the best over all builds
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,12 @@ class BenchConfig:
     hnsw_n: int
     nlist: int
     nprobe: int
+    repeats: int
+    threads: int
 
     def __post_init__(self) -> None:
         """Validate sizes."""
-        for name in ("n", "dim", "queries", "k", "batch", "hnsw_n", "nlist", "nprobe"):
+        for name in ("n", "dim", "queries", "k", "batch", "hnsw_n", "nlist", "nprobe", "repeats", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BenchConfig.{name}: expected a positive int, got {getattr(self, name)}")
         bad = set(self.indexes) - {"flat", "ivf", "hnsw"}
@@ -71,16 +76,19 @@ def parse_args() -> BenchConfig:
     p.add_argument("--index", default="flat,ivf,hnsw")
     p.add_argument("--shards", default="2,4")
     p.add_argument("--no-ray", action="store_true")
-    p.add_argument("--hnsw-n", type=int, default=100_000, help="HNSW builds are slow: cap its N")
+    p.add_argument("--hnsw-n", type=int, default=50_000, help="HNSW builds are slow: cap its N")
     p.add_argument("--nlist", type=int, default=0, help="IVF lists (default ~sqrt(n))")
     p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="builds of every variant (best time kept)")
+    p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads in this process")
     p.add_argument("--quick", action="store_true", help="n=20000, 200 queries")
     a = p.parse_args()
     n, queries = (20_000, 200) if a.quick else (a.n, a.queries)
     nlist = a.nlist or max(16, int(np.sqrt(n)))
     return BenchConfig(n=n, dim=a.dim, queries=queries, k=a.k, batch=a.batch,
                        indexes=tuple(a.index.split(",")), shards=tuple(int(s) for s in a.shards.split(",") if s),
-                       ray=not a.no_ray, hnsw_n=min(a.hnsw_n, n), nlist=nlist, nprobe=min(a.nprobe, nlist))
+                       ray=not a.no_ray, hnsw_n=min(a.hnsw_n, n), nlist=nlist, nprobe=min(a.nprobe, nlist),
+                       repeats=a.repeats, threads=a.threads)
 
 
 def bare_faiss(index: str, cfg: BenchConfig, n: int) -> tuple[Callable[[np.ndarray], None], Callable[..., Any]]:
@@ -127,61 +135,105 @@ def store_config(index: str, cfg: BenchConfig, n: int) -> EpisodicStoreConfig:
                                nprobe=cfg.nprobe, hnsw_m=32, hnsw_ef_search=64, hnsw_ef_construction=40)
 
 
-def make_variant(variant: str, index: str, cfg: BenchConfig, n: int) -> tuple[Callable, Callable, Callable]:
-    """(add, search, close) of one variant: 'faiss', 'store', 'local-S' or 'ray-S'."""
+def make_variant(variant: str, index: str, cfg: BenchConfig, n: int, kept: list) -> tuple[Callable, Callable, Callable]:
+    """(add(data, lo, hi), search, close) of one variant: 'faiss', 'store', 'store+labels', 'local-S' or 'ray-S'.
+
+    Store variants append the ids each ``add`` returns to ``kept`` (bare FAISS ids are row numbers).
+    """
     if variant == "faiss":
         add, search = bare_faiss(index, cfg, n)
-        return add, search, lambda: None
+        return (lambda data, lo, hi: add(data[lo:hi])), search, lambda: None
     config = store_config(index, cfg, n)
-    if variant == "store":
+    if variant.startswith("store"):
         store: Any = EpisodicStore(config)
     else:
         backend, shards = variant.split("-")
         store = ShardedEpisodicStore(config, num_shards=int(shards), backend=backend)
     close = (lambda: store.close(kill=True)) if variant.startswith("ray") else (lambda: None)
-    return (lambda b: store.add(b)), (lambda q, k: tuple(t.numpy() for t in store.search(q, k))), close
+    if variant == "store+labels":
+        def insert(data: np.ndarray, lo: int, hi: int) -> None:
+            kept.append(store.add(data[lo:hi], labels=np.arange(lo, hi)))
+    else:
+        def insert(data: np.ndarray, lo: int, hi: int) -> None:
+            kept.append(store.add(data[lo:hi]))
+    return insert, (lambda q, k: tuple(t.numpy() for t in store.search(q, k))), close
+
+
+def as_rows(ids: np.ndarray, kept: list) -> np.ndarray:
+    """Search ids mapped to the row numbers of the inserted data (``kept``: ids returned by each add)."""
+    if not kept:
+        return ids
+    gids = np.concatenate([t.numpy() for t in kept])
+    row_of = np.full(int(gids.max()) + 1, -1, dtype=np.int64)
+    row_of[gids[gids >= 0]] = np.flatnonzero(gids >= 0)
+    return np.where(ids >= 0, row_of[np.maximum(ids, 0)], -1)
 
 
 def run_variant(variant: str, index: str, cfg: BenchConfig, data: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
-    """Time inserting ``data`` batch by batch, then one search of all ``queries``."""
+    """Build one variant: time inserting ``data`` batch by batch, then the best of a few searches of ``queries``."""
     n = len(data)
-    add, search, close = make_variant(variant, index, cfg, n)
+    kept: list = []
+    add, search, close = make_variant(variant, index, cfg, n, kept)
     start = time.perf_counter()
     for lo in range(0, n, cfg.batch):
-        add(data[lo:lo + cfg.batch])
+        add(data, lo, min(lo + cfg.batch, n))
     insert_s = time.perf_counter() - start
     search(queries[:2], cfg.k)  # warm-up (IVF flush, GPU clone, Ray paths)
     query_s = float("inf")
-    for _ in range(QUERY_REPEATS):  # best of a few: the machine is shared
+    for _ in range(QUERY_REPEATS):
         start = time.perf_counter()
         _, ids = search(queries, cfg.k)
         query_s = min(query_s, time.perf_counter() - start)
     close()
-    return {"index": index, "variant": variant, "n": n, "insert_s": insert_s, "insert_per_s": n / insert_s,
-            "query_s": query_s, "queries_per_s": len(queries) / query_s, "ids": ids}
+    return {"index": index, "variant": variant, "n": n, "insert_s": insert_s, "query_s": query_s,
+            "ids": as_rows(ids, kept)}
 
 
 def bench_index(index: str, cfg: BenchConfig, data: np.ndarray, queries: np.ndarray) -> list[dict[str, Any]]:
-    """All variants for one index type; ratios and id agreement relative to bare FAISS."""
+    """All variants for one index type, ``cfg.repeats`` interleaved builds each; ratios relative to bare FAISS."""
     n = cfg.hnsw_n if index == "hnsw" else cfg.n
-    variants = ["faiss", "store"] + [f"local-{s}" for s in cfg.shards] + ([f"ray-{s}" for s in cfg.shards] if cfg.ray else [])
-    rows = []
-    for variant in variants:
-        row = run_variant(variant, index, cfg, data[:n], queries)
-        print(f"{index:5s} {variant:8s} n={n:>9,d} insert {row['insert_per_s']:>12,.0f}/s "
-              f"query {row['queries_per_s']:>10,.1f}/s", flush=True)
-        rows.append(row)
-        gc.collect()
-    base = rows[0]
+    variants = ["faiss", "store", "store+labels"] + [f"local-{s}" for s in cfg.shards]
+    variants += [f"ray-{s}" for s in cfg.shards] if cfg.ray else []
+    best: dict[str, dict[str, Any]] = {}
+    for rep in range(cfg.repeats):
+        for variant in variants:
+            row = run_variant(variant, index, cfg, data[:n], queries)
+            print(f"{index:5s} {variant:12s} build {rep + 1}/{cfg.repeats} n={n:>9,d} insert {row['insert_s']:8.2f} s "
+                  f"query {row['query_s']:8.3f} s", flush=True)
+            kept = best.setdefault(variant, {**row, "insert_runs_s": [], "query_runs_s": []})
+            kept["insert_runs_s"].append(row["insert_s"])
+            kept["query_runs_s"].append(row["query_s"])
+            kept["insert_s"], kept["query_s"] = min(kept["insert_runs_s"]), min(kept["query_runs_s"])
+            gc.collect()
+    rows = [best[v] for v in variants]
     _, exact = faiss.knn(queries, data[:n], cfg.k)  # ground truth for recall
     for row in rows:
+        row["insert_per_s"], row["queries_per_s"] = n / row["insert_s"], len(queries) / row["query_s"]
         row["recall_at_k"] = float(np.mean([len(set(a) & set(b)) / cfg.k for a, b in zip(row["ids"], exact)]))
-        row["insert_time_ratio"] = row["insert_s"] / base["insert_s"]
-        row["query_time_ratio"] = row["query_s"] / base["query_s"]
-        row["topk_agreement"] = float(np.mean([len(set(a) & set(b)) / cfg.k for a, b in zip(row["ids"], base["ids"])]))
+        row["insert_time_ratio"] = row["insert_s"] / rows[0]["insert_s"]
+        row["query_time_ratio"] = row["query_s"] / rows[0]["query_s"]
+        row["topk_agreement"] = float(np.mean([len(set(a) & set(b)) / cfg.k for a, b in zip(row["ids"], rows[0]["ids"])]))
     for row in rows:
         del row["ids"]
     return rows
+
+
+NOTES = [
+    "What the store does per insert batch that bare FAISS does not: validate and convert the batch, run the "
+    "insertion policy (reservoir: free-slot lookup, or random replacement draws once full), write the payload "
+    "arrays (experience ids always; labels in the `store+labels` rows) and the occupancy mask, keep the "
+    "position<->slot maps (flat, HNSW) or FAISS ids = slots (IVF, with a hash-table direct map so that slots "
+    "can be replaced, removed and read back); per search: validate the queries, map FAISS positions to slots "
+    "and pad missing hits. The FAISS index holds the only copy of each embedding (`get` reads it back).",
+    "Bare FAISS: `IndexFlatL2`, `IndexIVFFlat` (trained on the first 39*nlist vectors, k-means seed 0, as the "
+    "store does) and `IndexHNSWFlat` (M=32, efConstruction=40) with plain `add`; same data, batches, queries, "
+    "k and metric (squared L2) as the store.",
+    "Sharded rows: each shard is a full store over its slice of every batch; searches fan out and the per-shard "
+    "top-k lists are merged (exact for flat). Sharded IVF/HNSW train/build one index per shard, so their "
+    "results differ from one index (agreement < 1) and their recall can be higher. Ray shard actors run "
+    "single-threaded FAISS in their own processes (2 or 4 processes on this machine's cores), so Ray rows are "
+    "not a like-for-like CPU comparison with the in-process rows.",
+]
 
 
 def write_reports(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
@@ -192,10 +244,14 @@ def write_reports(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, 
         "# Episodic store benchmark", "",
         f"{cfg.n:,} x {cfg.dim} float32 vectors (HNSW: {cfg.hnsw_n:,}), inserted in batches of {cfg.batch:,}; "
         f"{cfg.queries:,} queries, k={cfg.k}; IVF nlist={cfg.nlist}, nprobe={cfg.nprobe}; HNSW M=32, efSearch=64. "
-        f"Machine: {meta['cpus']} CPUs (shared), faiss {meta['faiss']}, {meta['date']}.", "",
-        "Inserts timed once (IVF: includes training once 39*nlist vectors are held); queries: best of "
-        f"{QUERY_REPEATS}. Time ratio = variant time / bare FAISS time (1.10 = 10% overhead). "
-        "Agreement = fraction of top-k ids equal to bare FAISS's; recall = vs exact search.", "",
+        f"FAISS threads in-process: {cfg.threads}. Machine: {meta['cpus']} CPUs shared with other jobs (load "
+        f"average {meta['load_start']:.1f} at the start, {meta['load_end']:.1f} at the end), faiss {meta['faiss']}, "
+        f"{meta['date']}.", "",
+        f"Every variant was built {cfg.repeats} times (variants interleaved within each round); insert = best "
+        f"build time (IVF: includes training once 39*nlist vectors are held), query = best of {QUERY_REPEATS} "
+        f"searches per build over all builds (all times in the JSON). Time ratio = variant time / bare FAISS "
+        "time (1.10 = 10% overhead). Agreement = fraction of top-k ids equal to bare FAISS's; recall = vs exact "
+        "search.", "",
         "| index | variant | N | insert/s | insert time ratio | queries/s | query time ratio | top-k agreement | recall@k |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -203,24 +259,28 @@ def write_reports(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, 
         lines.append(f"| {r['index']} | {r['variant']} | {r['n']:,} | {r['insert_per_s']:,.0f} | "
                      f"{r['insert_time_ratio']:.2f} | {r['queries_per_s']:,.1f} | {r['query_time_ratio']:.2f} | "
                      f"{r['topk_agreement']:.3f} | {r['recall_at_k']:.3f} |")
+    lines += ["", "## Notes", ""] + [f"- {note}" for note in NOTES]
     (RESULTS / "episodic_store.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     """Run every index type and variant, then write the reports."""
     cfg = parse_args()
+    faiss.omp_set_num_threads(cfg.threads)
     if cfg.ray:
         import ray
 
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=2 * 1024**3)
+    load_start = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     data = rng.standard_normal((cfg.n, cfg.dim), dtype=np.float32)
     queries = rng.standard_normal((cfg.queries, cfg.dim), dtype=np.float32)
     rows = [row for index in cfg.indexes for row in bench_index(index, cfg, data, queries)]
     meta = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
             "cpus": os.cpu_count(), "faiss": faiss.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_start": load_start, "load_end": os.getloadavg()[0]}
     write_reports(cfg, rows, meta)
     print((RESULTS / "episodic_store.md").read_text())
 
