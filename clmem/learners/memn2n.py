@@ -1,27 +1,34 @@
 """End-to-End Memory Networks (Sukhbaatar et al. 2015) for bAbI-style question answering.
 
-Input: the memory-network encoding of :func:`clmem.tasks.babi.encode_memnet`: ``stories [N, M, S]`` word ids with
-slot 0 the most recent sentence (zero rows are empty slots) and ``queries [N, Q]``; output: answer logits
-``[N, vocab_size]``.
+Input: the memory-network encoding of :func:`clmem.tasks.babi.encode_memnet`: ``stories [B, M, S]`` word ids with
+slot 0 the most recent sentence (zero rows are empty slots, words left-aligned) and ``queries [B, Q]``; output:
+answer logits ``[B, vocab_size]``.
 
 * **Adjacent weight tying**: K+1 embedding matrices ``E_0..E_K``; hop k uses ``A^k = E_{k-1}``, ``C^k = E_k``;
   the question embedding is ``B = A^1 = E_0`` and the answer matrix is ``W^T = C^K = E_K``.
 * **Position encoding** (PE): ``m_i = sum_j l_j * A x_ij`` with
-  ``l_kj = (1 - j/J) - (k/d)(1 - 2j/J)`` (1-based j, k; J words, d dimensions); J is the padded sentence length.
-  Without PE, a bag of words.
-* **Temporal encoding** (TE): ``m_i += T_A(i)``, ``c_i += T_C(i)``, tied like the embeddings; slot i is the
-  i-th most recent sentence.
+  ``l_kj = (1 - j/J) - (k/d)(1 - 2j/J)`` (1-based j, k; d dimensions), J the number of words of the sentence
+  (or question) itself, as in the paper. Without PE, a bag of words. Computed without materialising
+  ``[B, M, S, d]``: ``l_kj = a_j + (k/d) b_j`` with ``a_j = 1 - j/J``, ``b_j = 2j/J - 1``, so each memory is two
+  weighted bags of words (one ``embedding_bag`` over all K+1 tables at once).
+* **Temporal encoding** (TE): ``m_i += T_A(i)``, ``c_i += T_C(i)``, tied like the embeddings, for the non-empty
+  slots; slot i is the i-th most recent sentence.
 * **Linear start** (LS): while ``linear_start`` is on, the softmax of every memory layer is removed (the
-  attention is the raw scores of the non-empty slots); :meth:`MemN2N.end_linear_start` switches it off.
-* **Random noise** (RN): in training, about ``random_noise`` × (number of sentences) empty memories are inserted
-  at random slots (they shift the temporal indices); memories beyond ``max_memory`` are dropped.
+  attention is the raw scores); :meth:`MemN2N.end_linear_start` puts it back.
+* **Random noise** (RN): in training, ``ceil(random_noise * n)`` empty memories are inserted at random places
+  among a story's n sentences: the sentences after a blank move one temporal index further back (indices
+  past ``max_memory - 1`` are capped), as the authors' code does it; the blanks hold nothing.
+* **Empty slots**: with ``mask_empty`` (default) they are left out of the softmax; without it the memory has a
+  fixed ``max_memory`` slots, the empty ones all-zero (score 0) but inside the softmax, as the paper's
+  null-padded memory and the authors' code (slots past ``M`` are counted without being materialised).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clmem.tasks._common import check_float, check_int
@@ -40,12 +47,13 @@ class MemN2NConfig:
     linear_start: bool = False
     random_noise: float = 0.1
     init_std: float = 0.1
+    mask_empty: bool = True
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         for field in ("vocab_size", "embedding_dim", "hops", "max_memory"):
             check_int(owner, field, getattr(self, field), 1)
-        for field in ("position_encoding", "temporal_encoding", "linear_start"):
+        for field in ("position_encoding", "temporal_encoding", "linear_start", "mask_empty"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{owner}.{field}: expected true or false, got {getattr(self, field)!r}")
         check_float(owner, "random_noise", self.random_noise, 0.0, 1.0)
@@ -57,6 +65,62 @@ def position_encoding(sentence_len: int, embedding_dim: int) -> Tensor:
     j = torch.arange(1, sentence_len + 1, dtype=torch.float32).unsqueeze(1) / sentence_len
     k = torch.arange(1, embedding_dim + 1, dtype=torch.float32).unsqueeze(0) / embedding_dim
     return (1 - j) - k * (1 - 2 * j)
+
+
+def position_weights(words: Tensor) -> Tuple[Tensor, Tensor]:
+    """``words [R, S]`` (left-aligned, 0 = padding) -> ``a, b [R, S]`` with ``l_kj = a_j + (k/d) b_j``:
+    ``a_j = 1 - j/J``, ``b_j = 2j/J - 1``, J the row's own number of words (0 at padding)."""
+    real = words.ne(0)
+    length = real.sum(dim=-1, keepdim=True).clamp(min=1).float()
+    ratio = torch.arange(1, words.shape[-1] + 1, dtype=torch.float32, device=words.device) / length
+    return (1 - ratio) * real, (2 * ratio - 1) * real
+
+
+def encode_sentences(words: Tensor, tables: Tensor, dim: int, position: bool) -> Tensor:
+    """Sum the word embeddings of ``words [R, S]`` in each of the concatenated tables ``[V, H * dim]`` ->
+    ``[R, H * dim]``; position-weighted with PE (row 0 of every table is the padding word, skipped)."""
+    if not position:
+        return F.embedding_bag(words, tables, mode="sum", padding_idx=0)
+    a, b = position_weights(words)
+    bags = F.embedding_bag(torch.cat([words, words]), tables, per_sample_weights=torch.cat([a, b]),
+                           mode="sum", padding_idx=0)
+    k = torch.arange(1, dim + 1, dtype=bags.dtype, device=bags.device) / dim
+    return bags[: len(words)] + bags[len(words):] * k.repeat(tables.shape[1] // dim)
+
+
+def time_indices(valid: Tensor, noise: float, max_memory: int) -> Tensor:
+    """Temporal index per slot, ``valid [B, M]`` -> ``[B, M]`` long: slot i gets i; with ``noise`` > 0 the
+    story's n sentences take a sorted random n-subset of ``0 .. n + ceil(noise * n) - 1`` (the rest are
+    blanks), capped at ``max_memory - 1``. Assumes the sentences fill slots ``0 .. n - 1``."""
+    batch, slots = valid.shape
+    plain = torch.arange(slots, device=valid.device).expand(batch, slots)
+    if noise <= 0:
+        return plain
+    n = valid.sum(dim=1, keepdim=True)
+    total = n + torch.ceil(n.float() * noise).long()
+    width = int(total.max()) if batch else 0
+    places = torch.arange(width, device=valid.device).expand(batch, width)
+    keys = torch.rand(batch, width, device=valid.device).masked_fill(places >= total, 2.0)
+    blank = keys.argsort(dim=1).argsort(dim=1) < (total - n)
+    real = ~blank & (places < total)
+    rank = torch.where(real, real.long().cumsum(dim=1) - 1, torch.full_like(places, width))
+    times = torch.zeros(batch, width + 1, dtype=torch.long, device=valid.device).scatter_(1, rank, places)
+    times = torch.cat([times[:, :width], plain[:, width:]], dim=1) if slots > width else times[:, :slots]
+    return torch.where(valid, times, plain).clamp(max=max_memory - 1)
+
+
+def attend(scores: Tensor, valid: Tensor, linear: bool, mask_empty: bool, slots: int) -> Tensor:
+    """Attention ``[B, M]`` from ``scores [B, M]``: raw scores of the non-empty slots (linear start), a softmax
+    over the non-empty slots (``mask_empty``), or a softmax over all ``slots`` slots where the empty ones score
+    0 (those past M are counted, not materialised)."""
+    if linear:
+        return scores * valid
+    if mask_empty:
+        return torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1).nan_to_num(0.0)
+    scores = scores * valid
+    top = scores.max(dim=-1, keepdim=True).values.clamp(min=0.0).detach()
+    weights = torch.exp(scores - top)
+    return weights / (weights.sum(dim=-1, keepdim=True) + (slots - scores.shape[1]) * torch.exp(-top))
 
 
 class MemN2N(nn.Module):
@@ -86,47 +150,49 @@ class MemN2N(nn.Module):
         """Put the softmax back into the memory layers (end of the linear-start phase)."""
         self.linear_start = False
 
-    def _encode(self, words: Tensor, embedding: nn.Embedding) -> Tensor:
-        """Sum the word embeddings of ``words [..., J]`` (position-weighted with PE) -> ``[..., d]``."""
-        vectors = embedding(words)
-        if self.config.position_encoding:
-            vectors = vectors * position_encoding(words.shape[-1], vectors.shape[-1]).to(vectors)
-        return vectors.sum(dim=-2)
+    def encode_query(self, queries: Tensor) -> Tensor:
+        """``queries [B, Q]`` -> the first internal state ``u [B, d]`` (embedding ``B = E_0``)."""
+        return encode_sentences(queries, self.embeddings[0].weight, self.config.embedding_dim,
+                                self.config.position_encoding)
 
-    def _memory(self, stories: Tensor, hop: int) -> Tensor:
-        memory = self._encode(stories, self.embeddings[hop])
-        if self.config.temporal_encoding:
-            memory = memory + self.temporal[hop][: stories.shape[1]]
-        return memory
+    def memories(self, stories: Tensor, times: Optional[Tensor] = None) -> Tensor:
+        """``stories [B, M, S]`` -> memory vectors in every table, ``[B, M, K+1, d]`` (TE added to the
+        non-empty slots at ``times [B, M]``, default: the slot index)."""
+        batch, slots, width = stories.shape
+        c = self.config
+        tables = torch.cat([e.weight for e in self.embeddings], dim=1)
+        valid = stories.ne(0).any(dim=-1)
+        rows = valid.flatten().nonzero().squeeze(1)  # only the non-empty slots are encoded (most are empty)
+        encoded = encode_sentences(stories.reshape(-1, width)[rows], tables, c.embedding_dim, c.position_encoding)
+        if c.temporal_encoding:
+            if times is None:
+                times = torch.arange(slots, device=stories.device).expand(batch, slots)
+            encoded = encoded + F.embedding(times.flatten()[rows], torch.cat(list(self.temporal), dim=1))
+        out = encoded.new_zeros(batch * slots, tables.shape[1]).index_copy(0, rows, encoded)
+        return out.view(batch, slots, c.hops + 1, c.embedding_dim)
 
-    def _attend(self, scores: Tensor, valid: Tensor) -> Tensor:
-        if self.linear_start:
-            return scores * valid
-        return torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1).nan_to_num(0.0)
-
-    def forward(self, stories: Tensor, queries: Tensor) -> Tensor:
-        """``stories [N, M, S]``, ``queries [N, Q]`` (long) -> answer logits ``[N, vocab_size]``."""
+    def _hops(self, stories: Tensor, queries: Tensor, noise: float) -> Tuple[Tensor, List[Tensor]]:
         self._check(stories, queries)
         valid = stories.ne(0).any(dim=-1)
-        if self.training and self.config.random_noise > 0:
-            stories, valid = self._insert_noise(stories, valid)
-        u = self._encode(queries, self.embeddings[0])
+        memory = self.memories(stories, time_indices(valid, noise, self.config.max_memory))
+        tables = memory.unbind(dim=2)  # one backward stack instead of a zero-filled copy per slice
+        u, attention = self.encode_query(queries), []
         for hop in range(self.config.hops):
-            memory_in, memory_out = self._memory(stories, hop), self._memory(stories, hop + 1)
-            p = self._attend(torch.einsum("nmd,nd->nm", memory_in, u), valid)
-            u = u + torch.einsum("nm,nmd->nd", p, memory_out)
+            scores = torch.einsum("bmd,bd->bm", tables[hop], u)
+            p = attend(scores, valid, self.linear_start, self.config.mask_empty, self.config.max_memory)
+            u = u + torch.einsum("bm,bmd->bd", p, tables[hop + 1])
+            attention.append(p)
+        return u, attention
+
+    def forward(self, stories: Tensor, queries: Tensor) -> Tensor:
+        """``stories [B, M, S]``, ``queries [B, Q]`` (long) -> answer logits ``[B, vocab_size]``."""
+        noise = self.config.random_noise if self.training and self.config.temporal_encoding else 0.0
+        u, _ = self._hops(stories, queries, noise)
         return u @ self.embeddings[-1].weight.t()
 
     def attention(self, stories: Tensor, queries: Tensor) -> Tensor:
-        """Attention over memory slots per hop, ``[N, K, M]`` (no noise, for inspection)."""
-        self._check(stories, queries)
-        valid = stories.ne(0).any(dim=-1)
-        u, hops = self._encode(queries, self.embeddings[0]), []
-        for hop in range(self.config.hops):
-            p = self._attend(torch.einsum("nmd,nd->nm", self._memory(stories, hop), u), valid)
-            hops.append(p)
-            u = u + torch.einsum("nm,nmd->nd", p, self._memory(stories, hop + 1))
-        return torch.stack(hops, dim=1)
+        """Attention over memory slots per hop, ``[B, K, M]`` (no noise, for inspection)."""
+        return torch.stack(self._hops(stories, queries, 0.0)[1], dim=1)
 
     def _check(self, stories: Tensor, queries: Tensor) -> None:
         ok = stories.dim() == 3 and queries.dim() == 2 and stories.shape[0] == queries.shape[0]
@@ -134,19 +200,3 @@ class MemN2N(nn.Module):
             raise ValueError(f"MemN2N.forward: expected stories [N, M <= max_memory ({self.config.max_memory}), S] and queries "
                              f"[N, Q], got {tuple(stories.shape)} and {tuple(queries.shape)}")
 
-    def _insert_noise(self, stories: Tensor, valid: Tensor) -> tuple:
-        """Insert ``ceil(random_noise * n)`` empty (but attendable) memories at random slots of each story."""
-        n_real = valid.sum(dim=1)
-        n_noise = torch.ceil(n_real.float() * self.config.random_noise).long()
-        slots = min(self.config.max_memory, int((n_real + n_noise).max()))
-        out = stories.new_zeros(stories.shape[0], slots, stories.shape[2])
-        out_valid = torch.zeros(stories.shape[0], slots, dtype=torch.bool, device=stories.device)
-        for b in range(stories.shape[0]):
-            total = int(n_real[b] + n_noise[b])
-            is_noise = torch.zeros(total, dtype=torch.bool)
-            is_noise[torch.randperm(total)[: int(n_noise[b])]] = True
-            real_slots = torch.nonzero(~is_noise).flatten()[: slots].to(stories.device)
-            real_slots = real_slots[real_slots < slots]
-            out[b, real_slots] = stories[b, valid[b]][: len(real_slots)]
-            out_valid[b, : min(total, slots)] = True
-        return out, out_valid

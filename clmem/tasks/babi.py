@@ -246,6 +246,10 @@ def _recent(question: BabiQuestion, max_memory: Optional[int]) -> Tuple[Words, .
     return context[-max_memory:] if max_memory else context
 
 
+def _padded(ids: List[int], width: int) -> List[int]:
+    return ids + [0] * (width - len(ids))
+
+
 def encode_memnet(questions: Sequence[BabiQuestion], vocab: Vocabulary, max_memory: Optional[int] = 50,
                   max_sentence_len: Optional[int] = None, max_query_len: Optional[int] = None) -> MemNetData:
     """Encode for memory networks, keeping the ``max_memory`` most recent sentences (None: all); lengths default
@@ -256,14 +260,10 @@ def encode_memnet(questions: Sequence[BabiQuestion], vocab: Vocabulary, max_memo
     slots = max(1, max(len(c) for c in contexts))
     width = max_sentence_len or max(1, max((len(s) for c in contexts for s in c), default=1))
     qlen = max_query_len or max(len(q.question) for q in questions)
-    stories = torch.zeros(len(questions), slots, width, dtype=torch.long)
-    queries = torch.zeros(len(questions), qlen, dtype=torch.long)
-    for n, (q, context) in enumerate(zip(questions, contexts)):
-        for m, sentence in enumerate(context):
-            ids = vocab.encode(sentence[:width])
-            stories[n, m, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        ids = vocab.encode(q.question[:qlen])
-        queries[n, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    empty = [0] * width
+    stories = torch.tensor([[_padded(vocab.encode(s[:width]), width) for s in context]
+                            + [empty] * (slots - len(context)) for context in contexts], dtype=torch.long)
+    queries = torch.tensor([_padded(vocab.encode(q.question[:qlen]), qlen) for q in questions], dtype=torch.long)
     answers = torch.tensor([vocab.id(q.answer) for q in questions], dtype=torch.long)
     return MemNetData(stories, queries, answers)
 

@@ -182,3 +182,17 @@ def test_encode_memnet_truncates_to_most_recent(generated):
     assert data.stories.shape[1] == 3 and data.stories.dtype == torch.long
     q = questions[-1]
     assert vocab.encode(q.context[-3]) == data.stories[-1, 2, :len(q.context[-3])].tolist()
+
+
+def test_encode_memnet_pads_left_aligned_and_handles_an_empty_context():
+    from clmem.tasks.babi import BabiQuestion
+    first = BabiQuestion(1, 1, (), (), ("where", "is", "mary"), ("hall",), ())
+    second = BabiQuestion(1, 3, (("mary", "went", "to", "the", "hall"), ("john", "left")), (1, 2),
+                          ("where", "is", "john"), ("hall",), (2,))
+    vocab = Vocabulary.build([first, second])
+    data = encode_memnet([first, second], vocab, max_memory=5)
+    assert data.stories.shape == (2, 2, 5) and data.queries.shape == (2, 3)
+    assert (data.stories[0] == 0).all()
+    assert data.stories[1, 0].tolist() == vocab.encode(("john", "left")) + [0, 0, 0]  # slot 0: most recent
+    assert data.stories[1, 1].tolist() == vocab.encode(("mary", "went", "to", "the", "hall"))
+    assert data.answers.tolist() == [vocab.id("hall")] * 2

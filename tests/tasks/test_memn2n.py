@@ -10,6 +10,7 @@ from clmem.learners import (
     make_sequence_learner,
     position_encoding,
 )
+from clmem.learners.memn2n import attend, encode_sentences, position_weights, time_indices
 from clmem.tasks import CopyTask, Vocabulary, encode_memnet, load_babi_task, masked_bce_loss, questions_of, write_babi
 
 
@@ -53,24 +54,90 @@ def test_linear_start_removes_the_softmax_until_switched_off(task1):
     stories, queries = data.stories[:4], data.queries[:4]
     linear = model.attention(stories, queries)
     assert not torch.allclose(linear.sum(-1), torch.ones(4, 2))
-    u = model._encode(queries, model.embeddings[0])
-    raw = torch.einsum("nmd,nd->nm", model._memory(stories, 0), u) * stories.ne(0).any(-1)
+    u = model.encode_query(queries)
+    raw = torch.einsum("nmd,nd->nm", model.memories(stories)[:, :, 0], u) * stories.ne(0).any(-1)
     assert torch.allclose(linear[:, 0], raw)
     model.end_linear_start()
     assert torch.allclose(model.attention(stories, queries).sum(-1), torch.ones(4, 2))
 
 
-def test_random_noise_inserts_empty_memories_in_training_only(task1):
+def test_sentence_encoding_equals_the_dense_position_weighted_sum():
+    torch.manual_seed(0)
+    d, tables = 4, torch.randn(12, 3 * 4)
+    tables[0] = 0
+    words = torch.tensor([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11], [2, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    expected = []
+    for row in words:
+        n = int(row.ne(0).sum())  # the paper's J: the sentence's own number of words
+        weights = position_encoding(n, d).repeat(1, 3) if n else torch.zeros(0, 3 * d)
+        expected.append((tables[row[:n]] * weights).sum(0))
+    assert torch.allclose(encode_sentences(words, tables, d, True), torch.stack(expected), atol=1e-6)
+    assert torch.allclose(encode_sentences(words, tables, d, False), tables[words].sum(1))
+    a, b = position_weights(words)
+    assert (a[words == 0] == 0).all() and (b[words == 0] == 0).all()
+
+
+def test_model_encoding_matches_per_slot_reference(task1):
     vocab, data = task1
-    model = MemN2N(vocab_size=len(vocab), embedding_dim=8, max_memory=20, random_noise=0.5)
-    valid = data.stories.ne(0).any(-1)
+    torch.manual_seed(0)
+    model = MemN2N(vocab_size=len(vocab), embedding_dim=6, hops=2, max_memory=20).eval()
+    stories = data.stories[:3]
+    memory = model.memories(stories)
+    for b in range(3):
+        for m in range(stories.shape[1]):
+            words = stories[b, m][stories[b, m] != 0]
+            if len(words) == 0:
+                assert (memory[b, m] == 0).all()  # empty slots hold nothing, not even TE
+                continue
+            pe = position_encoding(len(words), 6)
+            for h in range(3):
+                ref = (model.embeddings[h].weight[words] * pe).sum(0) + model.temporal[h][m]
+                assert torch.allclose(memory[b, m, h], ref, atol=1e-5)
+
+
+def test_time_indices_insert_blanks_in_order_and_cap():
+    valid = torch.tensor([[1] * 5 + [0] * 3, [1, 1, 0, 0, 0, 0, 0, 0], [0] * 8], dtype=torch.bool)
+    assert torch.equal(time_indices(valid, 0.0, 8), torch.arange(8).expand(3, 8))
+    torch.manual_seed(0)
+    for _ in range(20):
+        times = time_indices(valid, 0.5, 6)
+        first = times[0, :5]  # 5 sentences + 3 blanks: a sorted 5-subset of 0..7, capped at 5
+        assert (first[1:] >= first[:-1]).all() and (first <= 5).all() and first[0] <= 3
+        assert (times[1, :2] < 3).all() and times[1, 0] < times[1, 1]
+        assert torch.equal(times[:, 5:][~valid[:, 5:]], torch.tensor([5, 6, 7] * 2 + [5, 5, 5]).clamp(max=5))
+    assert (time_indices(valid, 0.5, 8)[0, :5] > torch.arange(5)).any()
+
+
+def test_attend_fixed_memory_counts_empty_slots_inside_the_softmax():
+    torch.manual_seed(0)
+    scores, valid = torch.randn(2, 3), torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    padded = torch.cat([scores * valid, torch.zeros(2, 2)], dim=1)
+    assert torch.allclose(attend(scores, valid, False, False, 5), torch.softmax(padded, -1)[:, :3])
+    masked = attend(scores, valid, False, True, 5)
+    assert torch.allclose(masked.sum(-1), torch.ones(2)) and masked[1, 2] == 0
+    assert torch.equal(attend(scores, valid, True, False, 5), scores * valid)
+
+
+def test_fixed_memory_forward_does_not_depend_on_trailing_empty_slots(task1):
+    vocab, data = task1
+    torch.manual_seed(0)
+    model = MemN2N(vocab_size=len(vocab), embedding_dim=8, max_memory=30, mask_empty=False).eval()
+    stories, queries = data.stories[:6], data.queries[:6]
+    longer = torch.cat([stories, torch.zeros(6, 30 - stories.shape[1], stories.shape[2], dtype=torch.long)], 1)
+    assert torch.allclose(model(stories, queries), model(longer, queries), atol=1e-5)
+    assert (model.attention(stories, queries).sum(-1) < 1).all()  # mass left on the empty slots
+
+
+def test_random_noise_moves_temporal_indices_in_training_only(task1):
+    vocab, data = task1
     torch.manual_seed(1)
-    noisy, noisy_valid = model._insert_noise(data.stories, valid)
-    n_real = valid.sum(1)
-    assert (noisy.ne(0).any(-1).sum(1) == torch.clamp(n_real, max=noisy.shape[1])).all()
-    assert (noisy_valid.sum(1) >= noisy.ne(0).any(-1).sum(1)).all() and noisy_valid.sum() > valid.sum()
+    model = MemN2N(vocab_size=len(vocab), embedding_dim=8, max_memory=20, random_noise=0.5)
+    stories, queries = data.stories[:8], data.queries[:8]
+    assert not torch.equal(model(stories, queries), model(stories, queries))
     model.eval()
-    assert torch.equal(model(data.stories[:3], data.queries[:3]), model(data.stories[:3], data.queries[:3]))
+    assert torch.equal(model(stories, queries), model(stories, queries))
+    quiet = MemN2N(vocab_size=len(vocab), embedding_dim=8, max_memory=20, random_noise=0.0)
+    assert torch.equal(quiet(stories, queries), quiet(stories, queries))
 
 
 def test_tiny_babi_task1_loss_decreases(task1):
