@@ -2,18 +2,28 @@
 
 Per training iteration of an Avalanche ``SupervisedTemplate``:
 
-1. ``before_backward``: the current batch is embedded with ``model.features`` (no gradient; the
-   flattened input for a model without ``features``); ``batch_size_mem`` items are retrieved from
-   the store — ``random`` (uniform over the held items) or ``nearest`` (MIR-like: for every item of
-   the current batch its nearest stored neighbours in feature space, see :func:`nearest_slots`) —
-   and the replay loss is added to the strategy's loss::
+1. ``before_forward``: ``batch_size_mem`` items are retrieved from the store — ``random``
+   (uniform over the held items) or ``nearest`` (MIR-like: for every item of the current batch its
+   nearest stored neighbours in feature space, see :func:`nearest_slots`; the batch is embedded
+   first with ``model.features``, no gradient) — and appended to the minibatch, so the model runs
+   **one** forward pass over current and replayed items.
+2. ``after_forward``: the minibatch and ``mb_output`` are cut back to the current items (so the
+   strategy's criterion, its metrics and other plugins see only them); the replayed rows' outputs
+   are kept. The current batch's features are taken from the input of ``model.classifier`` in that
+   same forward pass (a forward pre-hook) when the model has ``features`` and a ``classifier``
+   module (``forward = classifier(features(x))``, as clmem's MLP and CNN); otherwise they are
+   computed with :func:`embed`.
+3. ``before_backward``: the replay loss is added to the strategy's loss::
 
-       loss += beta * criterion(model(x_mem), y_mem) + alpha * MSE(model(x_mem), logits_mem)
+       loss += beta * criterion(out_mem, y_mem) + alpha * MSE(out_mem, logits_mem)
 
    ``alpha = 0, beta = 1`` is experience replay; ``alpha > 0`` is DER++-style logit distillation
    (the logits the model gave when an item was stored are kept in the store).
-2. ``after_training_iteration``: the batch (embedding, input, label, logits, experience id) is
+4. ``after_training_iteration``: the batch (embedding, input, label, logits, experience id) is
    offered to the store, whose policy (``reservoir`` or ``class_balanced``) decides what is kept.
+
+Task labels of replayed items are not stored: the joint forward gives them the current batch's
+first task label, which only matters for multi-head (``MultiTaskModule``) models.
 
 **Stale embeddings**: a stored embedding is the model's feature vector at the moment the item was
 inserted; it is not refreshed when the model changes. Only ``nearest`` retrieval uses them (the
@@ -104,7 +114,13 @@ class EpisodicReplay(SupervisedPlugin):
         self.iterations = 0  # training iterations seen
         self.replayed = 0  # items replayed in total
         self.last_replayed: Tensor | None = None  # slot ids replayed at the latest iteration
-        self._pending: tuple | None = None
+        self._hook: Any = None  # forward pre-hook on model.classifier while training
+        self._captured: Tensor | None = None  # classifier input of the latest forward
+        self._n_current = 0  # rows of the current minibatch (before replayed rows were appended)
+        self._features: Tensor | None = None  # the current batch's features
+        self._replay: EpisodeBatch | None = None  # items replayed at this iteration
+        self._mbatch: list | None = None  # the minibatch as the strategy built it
+        self._out_mem: Tensor | None = None  # model outputs of the replayed items
 
     # -- store -------------------------------------------------------------------------------
     def _config(self, dim: int) -> EpisodicStoreConfig:
@@ -129,7 +145,7 @@ class EpisodicReplay(SupervisedPlugin):
                               logits=logits.detach().cpu().float() if self.alpha > 0 else None,
                               experience=experience)
 
-    def retrieve(self, features: Tensor, n: int, current_experience: int | None = None) -> EpisodeBatch | None:
+    def retrieve(self, features: Tensor | None, n: int, current_experience: int | None = None) -> EpisodeBatch | None:
         """``n`` stored items for a batch with ``features [B, D]`` (``None`` when there is nothing to replay).
 
         ``nearest``: the stored neighbours of the batch (:func:`nearest_slots`); with
@@ -157,30 +173,70 @@ class EpisodicReplay(SupervisedPlugin):
             k = min(size, 2 * k)
 
     # -- Avalanche callbacks -----------------------------------------------------------------
-    def before_backward(self, strategy, **kwargs):
-        features = embed(strategy.model, strategy.mb_x)
-        self._pending = (features, strategy.mb_x, strategy.mb_y, strategy.mb_output)
+    def before_training_exp(self, strategy, **kwargs):
+        head = getattr(strategy.model, "classifier", None)
+        if hasattr(strategy.model, "features") and isinstance(head, nn.Module):
+            self._hook = head.register_forward_pre_hook(self._capture)
+
+    def after_training_exp(self, strategy, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook, self._captured = None, None
+
+    def _capture(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook on ``model.classifier``: remember its input (the features)."""
+        self._captured = args[0]
+
+    def before_forward(self, strategy, **kwargs):
+        x = strategy.mb_x
+        self._n_current = len(x)
+        self._features = embed(strategy.model, x) if self.retrieval == "nearest" else None
         n = self.batch_size_mem or strategy.train_mb_size
         current = int(strategy.experience.current_experience) if self.exclude_current else None
-        batch = self.retrieve(features, n, current)
+        batch = self.retrieve(self._features, n, current)
+        self._replay = batch
+        self.last_replayed = None if batch is None else batch.slot_ids
         if batch is None:
-            self.last_replayed = None
             return
-        self.last_replayed = batch.slot_ids
         self.replayed += len(batch)
-        device = strategy.device
-        out = strategy.model(batch.inputs.to(device))
-        loss = self.beta * strategy._criterion(out, batch.labels.to(device))
+        mbatch, device = strategy.mbatch, strategy.device
+        self._mbatch = list(mbatch)
+        mbatch[0] = torch.cat([x, batch.inputs.to(device, x.dtype)])
+        mbatch[1] = torch.cat([strategy.mb_y, batch.labels.to(device, strategy.mb_y.dtype)])
+        if len(mbatch) >= 3:
+            task = mbatch[-1]
+            mbatch[-1] = torch.cat([task, task[:1].expand(len(batch))])
+
+    def after_forward(self, strategy, **kwargs):
+        b = self._n_current
+        if self._features is None:
+            captured = self._captured
+            use = captured is not None and captured.shape[0] == len(strategy.mb_output)
+            self._features = captured[:b].detach().reshape(b, -1).float() if use else None
+        if self._replay is not None:
+            self._out_mem = strategy.mb_output[b:]
+            strategy.mb_output = strategy.mb_output[:b]
+            strategy.mbatch[:] = self._mbatch
+        if self._features is None:
+            self._features = embed(strategy.model, strategy.mb_x)
+        self._captured = None
+
+    def before_backward(self, strategy, **kwargs):
+        batch, out = self._replay, self._out_mem
+        if batch is None or out is None:
+            return
+        loss = self.beta * strategy._criterion(out, batch.labels.to(strategy.device))
         if self.alpha > 0 and batch.logits is not None:
             width = min(out.shape[1], batch.logits.shape[1])
-            loss = loss + self.alpha * F.mse_loss(out[:, :width], batch.logits[:, :width].to(device))
+            loss = loss + self.alpha * F.mse_loss(out[:, :width], batch.logits[:, :width].to(strategy.device))
         strategy.loss = strategy.loss + loss
+        self._replay, self._out_mem = None, None
 
     def after_training_iteration(self, strategy, **kwargs):
-        if self._pending is not None:
-            features, x, y, logits = self._pending
-            self.add(features, x, y, logits, experience=int(strategy.experience.current_experience))
-            self._pending = None
+        if self._features is not None:
+            self.add(self._features, strategy.mb_x, strategy.mb_y, strategy.mb_output,
+                     experience=int(strategy.experience.current_experience))
+            self._features = None
         self.iterations += 1
 
     # -- state -------------------------------------------------------------------------------
@@ -201,7 +257,7 @@ class EpisodicReplay(SupervisedPlugin):
         else:
             self.store = self._make_store(EpisodicStoreConfig.from_dict(state["store_config"]))
             self.store.load_state_dict(state["store"])
-        self._pending = None
+        self._features, self._replay, self._out_mem = None, None, None
 
 
 __all__ = ["EpisodicReplay", "embed", "nearest_slots", "RETRIEVALS"]

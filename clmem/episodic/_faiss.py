@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 FAISS_MISSING = "faiss is not installed: pip install 'clmem[cpu]' (or 'clmem[gpu]' on CUDA nodes)"
@@ -10,6 +11,9 @@ FAISS_MISSING = "faiss is not installed: pip install 'clmem[cpu]' (or 'clmem[gpu
 
 def import_faiss() -> ModuleType:
     """Import FAISS on first use; raise one clear ``ImportError`` naming both extras if it is absent."""
+    module = sys.modules.get("faiss")  # fast path: already imported (hot loops call this)
+    if module is not None:
+        return module
     try:
         return importlib.import_module("faiss")
     except ImportError as exc:

@@ -104,6 +104,7 @@ class FlatIndex(_GpuMirror):
         self.cpu = _flat(config)
         self._pos_slot = np.full(16, -1, dtype=np.int64)
         self._slot_pos = np.full(config.capacity, -1, dtype=np.int64)
+        self._view: np.ndarray | None = None  # cached codes view; dropped whenever ntotal changes
 
     @property
     def ntotal(self) -> int:
@@ -118,8 +119,10 @@ class FlatIndex(_GpuMirror):
             if held.all():
                 return
             vectors, slots = np.ascontiguousarray(vectors[~held]), slots[~held]
-        start, end = self.ntotal, self.ntotal + len(slots)
+        start = self.ntotal
+        end = start + len(slots)
         self.cpu.add(vectors)
+        self._view = None
         if self._gpu is not None:
             self._gpu.add(vectors)
         self._pos_slot = grown(self._pos_slot, end)
@@ -145,7 +148,7 @@ class FlatIndex(_GpuMirror):
             self._slot_pos[self._pos_slot[holes]] = holes
         self._pos_slot[keep:n] = -1
         self.cpu.remove_ids(import_faiss().IDSelectorRange(keep, n))
-        self._gpu = None
+        self._gpu, self._view = None, None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search: ``(distances, slot ids)`` with ``-1`` where fewer than ``k`` hits exist."""
@@ -156,7 +159,9 @@ class FlatIndex(_GpuMirror):
 
     def codes(self) -> np.ndarray:
         """Writable view of the held vectors, by position."""
-        return codes_view(self.cpu, self.config.dim)
+        if self._view is None:
+            self._view = codes_view(self.cpu, self.config.dim)
+        return self._view
 
     def vectors(self, slots: np.ndarray) -> np.ndarray:
         """Copies of the vectors held under (held) ``slots``."""
@@ -173,7 +178,7 @@ class FlatIndex(_GpuMirror):
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state`."""
         self.cpu = _from_bytes(state["index"])
-        self._gpu = None
+        self._gpu, self._view = None, None
         pos_slot = state["pos_slot"].numpy().astype(np.int64)
         self._pos_slot = grown(pos_slot.copy(), len(pos_slot) + 16)
         self._slot_pos[:] = -1

@@ -15,6 +15,14 @@ import numpy as np
 
 def keep_last(slots: np.ndarray) -> np.ndarray:
     """Set to ``-1`` every entry whose slot is targeted again later in the batch."""
+    if len(slots) <= 64:  # small batches: a Python pass beats numpy's per-call overhead
+        values, later = slots.tolist(), set()
+        for i in range(len(values) - 1, -1, -1):
+            if values[i] in later:
+                values[i] = -1
+            elif values[i] >= 0:
+                later.add(values[i])
+        return np.array(values, dtype=np.int64)
     out = slots.copy()
     valid = np.flatnonzero(slots >= 0)
     if len(valid) == 0:
@@ -64,7 +72,7 @@ class ReservoirPolicy(_Policy):
             self.seen += m
             return free
         stream_index = self.seen + n_free + np.arange(rest, dtype=np.int64)
-        draws = self.rng.integers(0, stream_index + 1)
+        draws = (self.rng.random(rest) * (stream_index + 1)).astype(np.int64)  # U{0..t}, exact for t < 2^53
         replaced = np.where(draws < self.capacity, draws, -1)
         self.seen += m
         return keep_last(np.concatenate([free, replaced.astype(np.int64)]))

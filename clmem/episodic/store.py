@@ -183,9 +183,10 @@ class EpisodicStore:
         """``min(n, len(self))`` distinct items drawn uniformly at random (seeded by ``generator``)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"sample(): n expected a non-negative int, got {n!r}")
-        live = self.live_slots()
-        pick = torch.randperm(len(live), generator=generator)[:n]
-        return self._read(live[pick].numpy())
+        pick = torch.randperm(self._size, generator=generator)[:n].numpy()
+        if self._top != self._size:  # holes: the i-th held slot is not slot i
+            pick = np.flatnonzero(self._buffer.occupied)[pick]
+        return self._read(pick)
 
     def remove(self, slot_ids: Any) -> int:
         """Remove the held items among ``slot_ids`` (others are ignored); return how many were removed."""
