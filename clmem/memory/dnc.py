@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from . import _native_dnc as native
 from . import addressing as addr
 from ._interface import groups_size, split_grouped_interface
 from .link_tape import LinkTape
@@ -118,6 +119,8 @@ class DNCMemory(nn.Module):
         With a ``tape`` (from ``start_unroll``) the link matrix lives in the tape and ``prev_state.link`` /
         ``next_state.link`` are the tape's step tokens; ``finish_unroll`` puts the real link back.
         """
+        if self.config.num_writes == 1 and native.usable(prev_state.memory, interface.write_keys):
+            return self._native_step(interface, prev_state, tape)
         usage = addr.update_usage(
             prev_state.usage, prev_state.write_weights, interface.free_gates, prev_state.read_weights
         )
@@ -138,6 +141,25 @@ class DNCMemory(nn.Module):
         read_weights = addr.read_weights(content, forward, backward, interface.read_modes)
         next_state = DNCState(memory, read_weights, write_weights, usage, link, precedence)
         return addr.read_memory(memory, read_weights), next_state
+
+    def _native_step(
+        self, interface: DNCInterface, prev_state: DNCState, tape: Optional[LinkTape]
+    ) -> Tuple[Tensor, DNCState]:
+        """``step`` for one write head as two C nodes around the link step (``_native_dnc``; same values and
+        gradients as the composed pure functions)."""
+        s, i = prev_state, interface
+        usage, write_weights, memory, precedence = native.PreLink.apply(
+            s.usage, s.write_weights, s.read_weights, s.memory, s.precedence, i.free_gates, i.write_keys,
+            i.write_strengths, i.allocation_gates, i.write_gates, i.erase_vectors, i.write_vectors, addr.EPSILON)
+        if tape is None:
+            link, forward, backward = addr.temporal_link_step(s.link, s.precedence, write_weights, s.read_weights)
+        else:
+            forward, backward, link = tape.step(s.link, s.precedence, write_weights, s.read_weights)
+        shape = s.read_weights.shape
+        read_weights, read_words = native.PostLink.apply(
+            memory, i.read_keys, i.read_strengths, forward.reshape(shape), backward.reshape(shape), i.read_modes,
+            addr.EPSILON)
+        return read_words, DNCState(memory, read_weights, write_weights, usage, link, precedence)
 
     def start_unroll(self, state: DNCState, steps: int) -> Tuple[DNCState, LinkTape]:
         """A ``LinkTape`` for ``steps`` calls of ``step(..., tape=tape)`` starting from ``state`` (whose link is

@@ -1,0 +1,93 @@
+"""The optional C DNC step (``_native_dnc``: two nodes around the link step) equals the composed pure functions of
+``addressing`` (values and gradients, float64, B=2, N=5, W=3, R=4) and passes ``gradcheck``."""
+
+import pytest
+import torch
+
+from clmem.memory import DNCCore, _native_dnc as native, dnc
+from clmem.memory.dnc import DNCMemory, DNCState
+
+F64 = torch.float64
+B, N, W, R = 2, 5, 3, 4
+pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler: the kernels are optional")
+
+
+def random_state(memory: DNCMemory, seed: int, dtype=F64, empty_slots: bool = False) -> DNCState:
+    gen = torch.Generator().manual_seed(seed)
+
+    def simplex(*shape, scale=0.9):
+        return torch.softmax(torch.randn(*shape, generator=gen, dtype=F64) * 2, -1).mul(scale).to(dtype)
+
+    usage = torch.rand(B, N, generator=gen, dtype=F64).to(dtype)
+    if empty_slots:
+        usage[:, :2] = 0.0  # ties in the allocation sort
+    link = simplex(B, 1, N, N, scale=0.3) * (1 - torch.eye(N, dtype=dtype))
+    return DNCState(memory=torch.randn(B, N, W, generator=gen, dtype=F64).to(dtype), read_weights=simplex(B, R, N),
+                    write_weights=simplex(B, 1, N), usage=usage, link=link, precedence=simplex(B, 1, N, scale=0.7))
+
+
+def run_step(memory, vector, state, use_native, monkeypatch):
+    if not use_native:
+        monkeypatch.setattr(dnc.native, "usable", lambda *tensors: False)
+    leaves = [vector.clone().requires_grad_()] + [x.clone().requires_grad_() for x in state]
+    read_words, new = memory.step(memory.parse_interface(leaves[0]), DNCState(*leaves[1:]))
+    outputs = [read_words, *new]
+    gen = torch.Generator().manual_seed(11)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
+    loss.backward()
+    monkeypatch.undo()
+    return [o.detach() for o in outputs], [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_native_step_matches_composed_functions(monkeypatch, seed):
+    memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+    vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(seed + 5), dtype=F64)
+    state = random_state(memory, seed)
+    out_a, grad_a = run_step(memory, vector, state, True, monkeypatch)
+    out_b, grad_b = run_step(memory, vector, state, False, monkeypatch)
+    for x, y in zip(out_a + grad_a, out_b + grad_b):
+        assert (x is None and y is None) or torch.allclose(x, y, atol=1e-12, rtol=1e-10)
+    assert grad_a[3] is None and grad_b[3] is None  # usage does not differentiate the previous write weights
+
+
+def test_native_step_float32_with_empty_slots(monkeypatch):
+    memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+    vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(3))
+    state = random_state(memory, 3, torch.float32, empty_slots=True)
+    out_a, grad_a = run_step(memory, vector, state, True, monkeypatch)
+    out_b, grad_b = run_step(memory, vector, state, False, monkeypatch)
+    for x, y in zip(out_a + grad_a, out_b + grad_b):
+        assert (x is None and y is None) or torch.allclose(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_native_nodes_gradcheck():
+    memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+    state = random_state(memory, 4)
+    vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(9), dtype=F64)
+    i = memory.parse_interface(vector)  # strided views of the interface, as in a core
+    pre = [state.usage, state.write_weights, state.read_weights, state.memory, state.precedence, i.free_gates,
+           i.write_keys, i.write_strengths, i.allocation_gates, i.write_gates, i.erase_vectors, i.write_vectors]
+    pre = [x.detach().requires_grad_(k != 1) for k, x in enumerate(pre)]
+    assert torch.autograd.gradcheck(lambda *xs: native.PreLink.apply(*xs, 1e-6), pre)
+    gen = torch.Generator().manual_seed(2)
+    directional = [torch.rand(B, R, N, generator=gen, dtype=F64) * 0.3 for _ in range(2)]
+    post = [state.memory, i.read_keys, i.read_strengths, *directional, i.read_modes]
+    post = [x.detach().requires_grad_() for x in post]
+    assert torch.autograd.gradcheck(lambda *xs: native.PostLink.apply(*xs, 1e-6), post)
+
+
+def test_core_native_equals_composed_path(monkeypatch):
+    torch.manual_seed(0)
+    core = DNCCore(input_size=3, output_size=2, hidden_size=8, memory_size=6, word_size=4, num_reads=3).double()
+    x = torch.randn(2, 5, 3, dtype=F64)
+    results = []
+    for use_native in (True, False):
+        if not use_native:
+            monkeypatch.setattr(dnc.native, "usable", lambda *tensors: False)
+        core.zero_grad()
+        y, _ = core(x)
+        y.pow(2).sum().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in core.parameters()])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
