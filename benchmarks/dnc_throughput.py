@@ -12,13 +12,17 @@ cell_size=32, read_heads=4, batch_first=True, gpu_id=-1)`` (its default is a 2-l
 clmem) with fresh memory per batch (``reset_experience=True``). Its output layer maps back to the input size (10),
 so clmem's core uses ``output_size=10`` too.
 
-Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--only clmem|peer]``
+``clmem`` is the default build (optional C kernels ``_native_dnc``/``_native_link`` compiled on first use);
+``clmem-torch`` the same core with ``CLMEM_NATIVE=0`` (torch ops only, the fallback without a C compiler).
+
+Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--only clmem|clmem-torch|peer]``
 writes ``benchmarks/results/dnc_throughput.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +38,12 @@ HIDDEN, WORD, READS = 64, 32, 4
 
 
 def build_clmem(spec: Dict[str, Any]) -> Callable[[], Any]:
+    if spec["impl"] == "clmem-torch":  # torch ops only: the optional C kernels switched off
+        os.environ["CLMEM_NATIVE"] = "0"
+    from clmem.memory import _native_dnc, _native_link
     from clmem.memory.cores import DNCCore
+
+    spec["native_kernels"] = _native_dnc.kernels() is not None and _native_link.kernels() is not None
 
     def build():
         model = DNCCore(input_size=H.INPUT_SIZE, output_size=H.INPUT_SIZE, hidden_size=HIDDEN, controller="lstm",
@@ -56,7 +65,7 @@ def build_peer(spec: Dict[str, Any]) -> Callable[[], Any]:
 
 
 def build_for(spec: Dict[str, Any]) -> Callable[[], Any]:
-    return build_clmem(spec) if spec["impl"] == "clmem" else build_peer(spec)
+    return build_peer(spec) if spec["impl"] == "peer" else build_clmem(spec)
 
 
 def setup_peer() -> None:
@@ -74,7 +83,7 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """One spec per (N, implementation); the peer at N >= 1024 gets a fixed small number of iterations."""
     specs = []
     for n in args.sizes:
-        for impl in ("clmem", "peer"):
+        for impl in ("clmem", "clmem-torch", "peer"):
             if args.only and impl != args.only:
                 continue
             slow = impl == "peer" and n >= 1024
@@ -106,6 +115,14 @@ def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(f"| {n} | {H.fmt(cs)} | {H.fmt(ps)} | {H.fmt(_ratio(cs, ps))} | {H.fmt(cc)} | {H.fmt(pc)} "
                      f"| {H.fmt(_ratio(cc, pc))} | {H.fmt(cm, 0)} | {H.fmt(pm, 0)} | {H.fmt(_ratio(cm, pm))} "
                      f"| {c.get('iterations', c.get('error', '—'))}, {p.get('iterations', p.get('error', '—'))} |")
+    lines += ["", "Fallback without a C compiler (`CLMEM_NATIVE=0`: torch ops only, same process layout):", "",
+              "| N | clmem-torch seq/s | clmem-torch seq/CPU-s | ratio vs peer (CPU) | peak MiB |", "|---|---|---|---|---|"]
+    for n in args.sizes:
+        t, p = by.get(("clmem-torch", n), {}), by.get(("peer", n), {})
+        tc = t.get("sequences_per_cpu_second")
+        lines.append(f"| {n} | {H.fmt(t.get('sequences_per_second'))} | {H.fmt(tc)} "
+                     f"| {H.fmt(_ratio(tc, p.get('sequences_per_cpu_second')))} "
+                     f"| {H.fmt(t.get('peak_minus_baseline_mib'), 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one timed iteration per configuration (smoke run)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
-    parser.add_argument("--only", choices=["clmem", "peer"], default=None)
+    parser.add_argument("--only", choices=["clmem", "clmem-torch", "peer"], default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--setup-peer", action="store_true", help="create benchmarks/.peer-venv and exit")
     args = parser.parse_args()

@@ -34,9 +34,14 @@ static void content_fwd_@S(int64_t N, int64_t W, int64_t H, const @T* restrict M
     knorm[h] = @SQRT(s + eps);
     @T* ch = c + h * N; @T* sh = sim + h * N; @T* dh = den + h * N;
     for (int64_t n = 0; n < N; ++n) {
-      @T dot = 0; for (int64_t j = 0; j < W; ++j) dot += k[j] * M[n * W + j];
-      dh[n] = knorm[h] * mnorm[n] + eps; sh[n] = dot / dh[n]; ch[n] = sh[n] * str[h];
-      if (ch[n] > mx) mx = ch[n];
+      @T dot = 0;
+      _Pragma("omp simd reduction(+:dot)")
+      for (int64_t j = 0; j < W; ++j) dot += k[j] * M[n * W + j];
+      sh[n] = dot;
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      dh[n] = knorm[h] * mnorm[n] + eps; sh[n] /= dh[n]; ch[n] = sh[n] * str[h];
+      mx = ch[n] > mx ? ch[n] : mx;
     }
     for (int64_t n = 0; n < N; ++n) { ch[n] = @EXP(ch[n] - mx); z += ch[n]; }
     for (int64_t n = 0; n < N; ++n) ch[n] /= z;
