@@ -97,7 +97,7 @@ def score(model, task, length=None, count=200, batch=50, max_length=None) -> flo
 
 def run_model(kind: str, args) -> Dict[str, object]:
     torch.manual_seed(args.seed)
-    model = Model(kind, args.ntm_init)
+    model = Model(kind, args.ntm_init, memory_size=args.memory_size)
     task = CopyTask(num_bits=8, min_length=1, max_length=20, seed=args.seed)
     params = sum(p.numel() for p in model.parameters())
     opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam"
@@ -159,7 +159,9 @@ def run_model(kind: str, args) -> Dict[str, object]:
     big.load_state_dict(model.state_dict())
     big.eval()
     gen_big = {str(n): score(big, task_eval, length=n, count=args.eval_count // 2) for n in (40, 80)}
-    out = {"model": kind, "config": {k: v for k, v in MODELS[kind].items() if k != "cls"}, "parameters": params,
+    config = {k: v for k, v in MODELS[kind].items() if k != "cls"}
+    config["memory_size"] = args.memory_size or config["memory_size"]
+    out = {"model": kind, "config": config, "parameters": params,
            "batch": args.batch, "optimizer": args.optimizer, "lr": args.lr, "clip": args.clip,
            "curriculum": None if curriculum is None else vars(curriculum.config),
            "ntm_init": args.ntm_init if kind == "ntm" else None,
@@ -261,6 +263,7 @@ def main() -> None:
     p.add_argument("--max-sequences", type=int, default=500_000)
     p.add_argument("--eval-count", type=int, default=200)
     p.add_argument("--eval-memory", type=int, default=160)
+    p.add_argument("--memory-size", type=int, default=0, help="memory slots N for training (0: the model's default)")
     p.add_argument("--quick", action="store_true", help="smoke run: 30 s per model")
     p.add_argument("--tag", default=None)
     p.add_argument("--merge", nargs="+", default=None)

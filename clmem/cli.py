@@ -131,12 +131,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from clmem.grid import run_grid
-    from clmem.tracking import Tracker
+    from clmem.grid import init_ray, shutdown_ray
 
     experiment = _load(args.file)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError("--max-concurrent", f"expected an integer >= 1, got {args.max_concurrent}")
+    started = init_ray(args.address)  # Ray's workers warm up while MLflow is being set up
+    try:
+        return _grid(args, experiment)
+    finally:
+        shutdown_ray(started)
+
+
+def _grid(args, experiment) -> int:
+    from clmem.grid import run_grid
+    from clmem.tracking import Tracker
+
     tracker = Tracker(args.tracking_uri or experiment.tracking_uri)
     print(f"grid {experiment.name!r}: {len(experiment.trials)} trials "
           f"(axes: {', '.join(experiment.axes) or 'none'}; seeds: {experiment.raw['seeds']})", flush=True)

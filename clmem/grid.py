@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -28,7 +28,9 @@ from ray import tune  # noqa: E402
 
 from clmem.config import Experiment  # noqa: E402
 from clmem.options import ConfigError  # noqa: E402
-from clmem.tracking import Tracker  # noqa: E402
+
+if TYPE_CHECKING:  # trial workers unpickle this module: keep MLflow out of them
+    from clmem.tracking import Tracker
 
 #: Test and chaos-drill hook: "EXPERIENCE:MARKER_FILE" makes the trial process exit hard right
 #: after reporting that experience, once (the marker file records that it happened).
@@ -193,11 +195,29 @@ def _trial_name(trial) -> str:
     return f"trial_{spec['index']:04d}_{spec['key']}"
 
 
-def init_ray(address: str | None) -> bool:
-    """Join ``address`` or start a local Ray on this machine's CPUs; True if we started it."""
+def prewarm_worker() -> None:
+    """Ray worker setup hook: import what every trial needs (torch, Avalanche, clmem's runner).
+
+    Ray starts workers as soon as it is up; with this hook they spend the time the driver still
+    needs (MLflow store, parent run, Tune's setup) on these imports instead of doing them after
+    the first trial is scheduled.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import avalanche.training  # noqa: F401
+    import clmem.runner  # noqa: F401
+
+
+def init_ray(address: str | None, prewarm: bool = True) -> bool:
+    """Join ``address`` or start a local Ray on this machine's CPUs; True if we started it.
+
+    With ``prewarm``, workers of this job run :func:`prewarm_worker` when they start.
+    """
     if ray.is_initialized():
         return False
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    hook = {"worker_process_setup_hook": f"{__name__}.prewarm_worker"} if prewarm else None
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=hook)
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -239,23 +259,39 @@ def _resume_plan(experiment: Experiment, tracker: Tracker, storage: Path):
     return parent_id, jobs, existing
 
 
+def shutdown_ray(started: bool) -> None:
+    """Stop Ray if this process started it (``started`` as returned by :func:`init_ray`)."""
+    if started:
+        ray.shutdown()
+
+
+def _plan(experiment: Experiment, tracker: Tracker, storage: Path, resume: bool, progress):
+    """(parent run id, jobs to run, existing run id per key): a new parent run, or the resume plan."""
+    if not resume:
+        return tracker.start_parent(experiment, "grid"), [
+            {"trial": t, "resume_checkpoint": None} for t in experiment.trials], {}
+    parent_id, jobs, existing = _resume_plan(experiment, tracker, storage)
+    tracker.reopen(parent_id)
+    progress(f"resuming grid {parent_id}: {len(experiment.trials) - len(jobs)} trials already "
+             f"finished, {len(jobs)} to run ({len(existing)} of them continue an interrupted run)")
+    return parent_id, jobs, existing
+
+
 def run_grid(experiment: Experiment, tracker: Tracker, address: str | None = None,
              max_concurrent: int | None = None, storage_path: str | None = None,
              progress: Callable[[str], None] = print, resume: bool = False) -> tuple[str, int]:
     """Run the grid of ``experiment`` on Ray Tune; returns (parent run id, failed trials)."""
     storage = storage_root(storage_path)
-    if resume:
-        parent_id, jobs, existing = _resume_plan(experiment, tracker, storage)
-        tracker.reopen(parent_id)
-        progress(f"resuming grid {parent_id}: {len(experiment.trials) - len(jobs)} trials already "
-                 f"finished, {len(jobs)} to run ({len(existing)} of them continue an interrupted run)")
-    else:
-        parent_id, existing = tracker.start_parent(experiment, "grid"), {}
-        jobs = [{"trial": t, "resume_checkpoint": None} for t in experiment.trials]
+    started = init_ray(address)  # first: workers import torch/Avalanche while we set up MLflow
+    try:
+        parent_id, jobs, existing = _plan(experiment, tracker, storage, resume, progress)
+    except BaseException:
+        shutdown_ray(started)
+        raise
     if not jobs:
         tracker.end_run(parent_id, "FINISHED")
+        shutdown_ray(started)
         return parent_id, 0
-    started = init_ray(address)
     callback = MlflowDriverCallback(tracker, experiment, parent_id, len(jobs), existing, progress)
     status = "KILLED"
     try:
@@ -266,8 +302,7 @@ def run_grid(experiment: Experiment, tracker: Tracker, address: str | None = Non
         if callback.end_unfinished():
             status = "KILLED"
         tracker.end_run(parent_id, status)
-        if started:
-            ray.shutdown()
+        shutdown_ray(started)
     if status == "KILLED":
         raise KeyboardInterrupt(f"grid interrupted; continue it with --resume (parent run {parent_id})")
     return parent_id, callback.failed

@@ -129,3 +129,20 @@ def test_parallel_grid_against_a_real_mlflow_server(tmp_path, monkeypatch, mlflo
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert child.info.status == "FINISHED"
         assert {"R.json", "R.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+
+
+@pytest.mark.slow
+def test_local_ray_workers_import_trial_code_at_start_without_mlflow():
+    from clmem.grid import init_ray, shutdown_ray
+
+    @ray.remote
+    def modules():
+        return {name: name in sys.modules for name in ("avalanche.training", "clmem.runner", "mlflow")}
+
+    started = init_ray(None)
+    try:
+        assert started
+        # the setup hook ran before the task: the trial code is imported; MLflow stays in the driver
+        assert ray.get(modules.remote()) == {"avalanche.training": True, "clmem.runner": True, "mlflow": False}
+    finally:
+        shutdown_ray(started)

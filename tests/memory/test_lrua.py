@@ -18,12 +18,6 @@ def random_vector(memory, batch, seed, scale=1.0):
     return torch.randn(batch, memory.interface_size, generator=gen, dtype=F64) * scale
 
 
-def run(memory, vectors, state):
-    for vector in vectors:
-        read_words, state = memory.step(memory.parse_interface(vector), state)
-    return read_words, state
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -92,25 +86,3 @@ def test_step_writes_to_previously_read_slots_and_updates_usage():
     assert torch.allclose(state.read_weights.sum(-1), torch.ones(1, R, dtype=F64))
 
 
-def test_batched_equals_per_example():
-    memory = make_memory()
-    vectors = [random_vector(memory, 3, seed=s) for s in range(4)]
-    batched_words, batched_state = run(memory, vectors, memory.initial_state(3, dtype=F64))
-    for b in range(3):
-        words, state = run(memory, [v[b : b + 1] for v in vectors], memory.initial_state(1, dtype=F64))
-        assert torch.allclose(words, batched_words[b : b + 1])
-        for ours, theirs in zip(state, batched_state):
-            assert torch.allclose(ours, theirs[b : b + 1])
-
-
-def test_gradcheck_one_step():
-    memory = LRUAMemory(memory_size=4, word_size=2, num_reads=2, num_writes=2)
-    _, state = run(memory, [random_vector(memory, 2, seed=s) for s in range(2)], memory.initial_state(2, dtype=F64))
-    vector = random_vector(memory, 2, seed=9).requires_grad_()
-    prev = [x.clone().requires_grad_() for x in state]
-
-    def step(vector, *prev_state):
-        read_words, next_state = memory.step(memory.parse_interface(vector), LRUAState(*prev_state))
-        return read_words, next_state.memory, next_state.usage
-
-    assert torch.autograd.gradcheck(step, (vector, *prev), eps=1e-6, atol=1e-5)

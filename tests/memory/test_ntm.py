@@ -20,12 +20,6 @@ def random_vector(memory, batch, seed, scale=1.0):
     return torch.randn(batch, memory.interface_size, generator=gen, dtype=F64) * scale
 
 
-def run(memory, vectors, state):
-    for vector in vectors:
-        read_words, state = memory.step(memory.parse_interface(vector), state)
-    return read_words, state
-
-
 def heads(num, keys, strengths, gates, shifts, gammas):
     full = lambda value: torch.full((1, num), value, dtype=F64)  # noqa: E731
     return NTMHeadParams(keys.expand(1, num, W), full(strengths), full(gates),
@@ -95,30 +89,6 @@ def test_location_addressing_shifts_previous_weights():
     assert torch.allclose(next_state.read_weights, expected, atol=1e-5)
     assert torch.allclose(read_words, contents[:, 3:4].expand(1, R, W), atol=1e-4)
     assert torch.allclose(next_state.memory, contents)  # zero erase and add leave memory unchanged
-
-
-def test_batched_equals_per_example():
-    memory = make_memory()
-    vectors = [random_vector(memory, 3, seed=s) for s in range(4)]
-    batched_words, batched_state = run(memory, vectors, memory.initial_state(3, dtype=F64))
-    for b in range(3):
-        words, state = run(memory, [v[b : b + 1] for v in vectors], memory.initial_state(1, dtype=F64))
-        assert torch.allclose(words, batched_words[b : b + 1])
-        for ours, theirs in zip(state, batched_state):
-            assert torch.allclose(ours, theirs[b : b + 1])
-
-
-def test_gradcheck_one_step():
-    memory = NTMMemory(memory_size=4, word_size=2, num_reads=2, num_writes=2)
-    _, state = run(memory, [random_vector(memory, 2, seed=s) for s in range(2)], memory.initial_state(2, dtype=F64))
-    vector = random_vector(memory, 2, seed=9).requires_grad_()
-    prev = [x.clone().requires_grad_() for x in state]
-
-    def step(vector, *prev_state):
-        read_words, next_state = memory.step(memory.parse_interface(vector), NTMState(*prev_state))
-        return read_words, next_state.memory, next_state.write_weights
-
-    assert torch.autograd.gradcheck(step, (vector, *prev), eps=1e-6, atol=1e-5)
 
 
 def test_initial_state_focuses_heads_on_slot_zero_so_shifts_can_address_slots():
