@@ -2,6 +2,10 @@
 
 One step: usage update (free gates, previous reads/writes) -> write weights (content + allocation) ->
 erase-and-write -> temporal link and precedence -> read weights (content, forward, backward) -> read words.
+
+With one write head and the optional C kernels available (``_native_dnc``), ``step`` runs everything but the link
+as two hand-differentiated nodes (before and after the link step); the composed pure functions of ``addressing``
+remain the specification (the tests compare both, values and gradients, in float64).
 """
 
 from __future__ import annotations

@@ -23,6 +23,12 @@ holds the link matrices in a few reused buffers:
 
 Memory: ``~ (T / segment + segment + 4)`` link-sized buffers instead of one per step; the segment is chosen by
 ``LinkTape`` from the sequence length and a byte budget (all steps kept when they fit).
+
+Kernels: with the optional C kernels (``_native_link``, float32/float64 on CPU) each forward step, recompute and
+backward step is one sweep over the matrices (the backward rebuilds ``L_t`` from ``L_{t-1}`` on the fly, so it reads
+only ``L_{t-1}`` and ``G``); otherwise the torch-op path above runs. A finished tape hands its buffers to a small
+pool (``POOL_BYTES``, ``release_buffers``) that the next tape takes them from: fresh large allocations page-fault
+on first touch, which cost about as much as a link step.
 """
 
 from __future__ import annotations
