@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _native_link as build
 
@@ -313,6 +314,7 @@ class PreLink(torch.autograd.Function):
         return u, w, M, p
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, Gu, Gw, GM, Gp):
         sizes, strides, eps = ctx.meta
         B, N, W, R = sizes
@@ -346,6 +348,7 @@ class PostLink(torch.autograd.Function):
         return V, rw
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, GV, Grw):
         sizes, strides, eps = ctx.meta
         B, N, W, R = sizes
