@@ -39,7 +39,8 @@ def run_experiment(name: str, overrides: dict, axes: list[str],
         os.chdir(tmp)
         try:
             tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
-            parent, failed = run_grid(experiment, tracker, progress=lambda line: print(line, flush=True))
+            parent, failed = run_grid(experiment, tracker, progress=lambda line: print(line, flush=True),
+                                      max_concurrent=max_concurrent)
             runs = [{"params": dict(r.data.params), "metrics": dict(r.data.metrics), "status": r.info.status}
                     for r in tracker.children(tracker.client.get_run(parent))]
         finally:

@@ -225,10 +225,14 @@ class EpisodicReplay(SupervisedPlugin):
         batch, out = self._replay, self._out_mem
         if batch is None or out is None:
             return
-        loss = self.beta * strategy._criterion(out, batch.labels.to(strategy.device))
+        loss = strategy._criterion(out, batch.labels.to(strategy.device))
+        loss = loss if self.beta == 1.0 else self.beta * loss
         if self.alpha > 0 and batch.logits is not None:
-            width = min(out.shape[1], batch.logits.shape[1])
-            loss = loss + self.alpha * F.mse_loss(out[:, :width], batch.logits[:, :width].to(strategy.device))
+            target = batch.logits.to(strategy.device)
+            if target.shape[1] != out.shape[1]:  # the head grew since the item was stored
+                width = min(out.shape[1], target.shape[1])
+                out, target = out[:, :width], target[:, :width]
+            loss = loss + self.alpha * F.mse_loss(out, target)
         strategy.loss = strategy.loss + loss
         self._replay, self._out_mem = None, None
 
