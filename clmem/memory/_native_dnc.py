@@ -13,6 +13,7 @@ Built and loaded like ``_native_link`` (``CLMEM_NATIVE=0`` disables; ``None`` wi
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -81,7 +82,10 @@ static void argsort_@S(int64_t N, const @T* restrict x, int64_t* restrict idx, i
     for (int64_t lo = 0; lo < N; lo += 2 * width) {
       int64_t mid = lo + width < N ? lo + width : N, hi = lo + 2 * width < N ? lo + 2 * width : N;
       int64_t i = lo, j = mid, k = lo;
-      while (i < mid && j < hi) tmp[k++] = x[idx[j]] < x[idx[i]] ? idx[j++] : idx[i++];
+      while (i < mid && j < hi) {  /* branch-free merge step (ties take the left run: stable) */
+        const int64_t a = idx[i], c = idx[j]; const int take = x[c] < x[a];
+        tmp[k++] = take ? c : a; j += take; i += 1 - take;
+      }
       while (i < mid) tmp[k++] = idx[i++];
       while (j < hi) tmp[k++] = idx[j++];
     }
@@ -143,8 +147,8 @@ void pre_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
     const @T* wb = w + b * N; const @T* M0b = M0 + b * N * W; const int64_t* ib = idx + b * N;
     const @T* e_ = er + b * st[5]; const @T* v_ = wv + b * st[6]; const @T* f = fg + b * st[0];
     const @T gA = ga[b * st[3]], gW = gw[b * st[4]];
-    @T* restrict dM0 = out[3] + b * N * W; @T* restrict de = out[8] + b * W;
-    @T* restrict dv = out[9] + b * W;
+    @T* restrict dM0 = out[3] + b * N * W; @T* restrict de = out[8] + b * st[5];
+    @T* restrict dv = out[9] + b * st[6];
     @T sw = 0, gp = 0, dgw = 0, dga = 0;
     for (int64_t n = 0; n < N; ++n) { sw += wb[n]; gp += Gp[b * N + n] * p0[b * N + n]; }
     for (int64_t n = 0; n < N; ++n) {
@@ -166,16 +170,16 @@ void pre_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
       dgw += dw[n] * (c[n] + gA * (a[n] - c[n])); dga += sc * (a[n] - c[n]);
       dc[n] = sc * (1 - gA); da[n] = sc * gA;
     }
-    out[6][b] = dga; out[7][b] = dgw;
+    out[6][b * st[3]] = dga; out[7][b * st[4]] = dgw;
     content_bwd_@S(N, W, 1, M0b, wk + b * st[1], 0, ws + b * st[2], c, sim, den, mn, knorm + b, dc, dM0,
-                   out[4] + b * W, out[5] + b, gm);
+                   out[4] + b * st[1], out[5] + b * st[2], gm);
     @T later = 0; @T* restrict du = scratch + 4 * N + 2 * R;
     for (int64_t k = N - 1; k >= 0; --k) {
       const int64_t n = ib[k]; const @T g = da[n];
       du[n] = Gu[b * N + n] + (later / ss[k] - g * ex[k]) * (1 - eps);
       later += g * a[n];
     }
-    @T* restrict dfree = out[1] + b * R; @T* restrict dV = out[2] + b * R * N; const @T* Vb = V + b * R * N;
+    @T* restrict dfree = out[1] + b * st[0]; @T* restrict dV = out[2] + b * R * N; const @T* Vb = V + b * R * N;
     for (int64_t h = 0; h < R; ++h) dfree[h] = 0;
     for (int64_t n = 0; n < N; ++n) {
       const @T g = du[n], gk = g * kept[n]; @T run = 1, suf = 1;
@@ -200,7 +204,7 @@ void post_forward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
     content_fwd_@S(N, W, R, Mb, rk + b * st[0], W, rs + b * st[1], (@T)eps_, c, s3 + R * N, s3 + 2 * R * N,
                    mnorm + b * N, knorm + b * R);
     for (int64_t h = 0; h < R; ++h) {
-      const @T* m = md + (b * R + h) * 3; @T* Vh = V + (b * R + h) * N; @T* r = rw + (b * R + h) * W;
+      const @T* m = md + b * st[2] + h * 3; @T* Vh = V + (b * R + h) * N; @T* r = rw + (b * R + h) * W;
       const @T* f = fw + (b * R + h) * N; const @T* k = bw + (b * R + h) * N;
       for (int64_t j = 0; j < W; ++j) r[j] = 0;
       for (int64_t n = 0; n < N; ++n) {
@@ -230,8 +234,8 @@ void post_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t*
         for (int64_t j = 0; j < W; ++j) dM[n * W + j] += c * g[j];
       }
     for (int64_t h = 0; h < R; ++h) {
-      const int64_t o = (b * R + h) * N; const @T* m = md + (b * R + h) * 3; const @T* g = Grw + (b * R + h) * W;
-      @T* dm = out[5] + (b * R + h) * 3; dm[0] = dm[1] = dm[2] = 0;
+      const int64_t o = (b * R + h) * N; const @T* m = md + b * st[2] + h * 3; const @T* g = Grw + (b * R + h) * W;
+      @T* dm = out[5] + b * st[2] + h * 3; dm[0] = dm[1] = dm[2] = 0;
       for (int64_t n = 0; n < N; ++n) {
         @T dV = GV[o + n];
         for (int64_t j = 0; j < W; ++j) dV += g[j] * Mb[n * W + j];
@@ -240,20 +244,70 @@ void post_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t*
       }
     }
     content_bwd_@S(N, W, R, Mb, rk + b * st[0], W, rs + b * st[1], s3, s3 + R * N, s3 + 2 * R * N,
-                   mnorm + b * N, knorm + b * R, dcr, dM, out[1] + b * R * W, out[2] + b * R, gm);
+                   mnorm + b * N, knorm + b * R, dcr, dM, out[1] + b * st[0], out[2] + b * st[1], gm);
   }
+  FTZ_END
+}
+
+/* interface activations over [B, I] rows; ranges: K quadruples (start, length, kind, group): kind 0 raw, 1 oneplus
+   (1 + softplus, threshold 20 as torch), 2 sigmoid, 3 softmax over consecutive groups of `group` */
+void activate_@S(int64_t B, int64_t I, int64_t K, const int64_t* rg, const @T* restrict x, @T* restrict y) {
+  FTZ_BEGIN
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t q = 0; q < K; ++q) {
+      const int64_t s0 = b * I + rg[4 * q], len = rg[4 * q + 1], kind = rg[4 * q + 2], grp = rg[4 * q + 3];
+      const @T* xs = x + s0; @T* ys = y + s0;
+      for (int64_t i = 0; i < len; ++i) {
+        if (kind == 0) ys[i] = xs[i];
+        else if (kind == 1) ys[i] = 1 + (xs[i] > 20 ? xs[i] : @LOG1P(@EXP(xs[i])));
+        else if (kind == 2) ys[i] = 1 / (1 + @EXP(-xs[i]));
+      }
+      for (int64_t g0 = 0; kind == 3 && g0 < len; g0 += grp) {
+        @T mx = xs[g0], z = 0;
+        for (int64_t i = 1; i < grp; ++i) mx = xs[g0 + i] > mx ? xs[g0 + i] : mx;
+        for (int64_t i = 0; i < grp; ++i) { ys[g0 + i] = @EXP(xs[g0 + i] - mx); z += ys[g0 + i]; }
+        for (int64_t i = 0; i < grp; ++i) ys[g0 + i] /= z;
+      }
+    }
+  FTZ_END
+}
+
+void activate_backward_@S(int64_t B, int64_t I, int64_t K, const int64_t* rg, const @T* restrict x,
+                          const @T* restrict y, const @T* restrict gy, @T* restrict gx) {
+  FTZ_BEGIN
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t q = 0; q < K; ++q) {
+      const int64_t s0 = b * I + rg[4 * q], len = rg[4 * q + 1], kind = rg[4 * q + 2], grp = rg[4 * q + 3];
+      const @T *xs = x + s0, *ys = y + s0, *g = gy + s0; @T* d = gx + s0;
+      for (int64_t i = 0; i < len; ++i) {
+        if (kind == 0) d[i] = g[i];
+        else if (kind == 1) d[i] = xs[i] > 20 ? g[i] : g[i] / (1 + @EXP(-xs[i]));
+        else if (kind == 2) d[i] = g[i] * ys[i] * (1 - ys[i]);
+      }
+      for (int64_t g0 = 0; kind == 3 && g0 < len; g0 += grp) {
+        @T dot = 0;
+        for (int64_t i = 0; i < grp; ++i) dot += g[g0 + i] * ys[g0 + i];
+        for (int64_t i = 0; i < grp; ++i) d[g0 + i] = ys[g0 + i] * (g[g0 + i] - dot);
+      }
+    }
   FTZ_END
 }
 """
 
 _SOURCE = "#include <stdint.h>\n#include <string.h>\n#include <math.h>\n" + build.FTZ + "".join(
-    _BODY.replace("@SQRT", q).replace("@EXP", e).replace("@T", t).replace("@S", s)
-    for t, s, q, e in (("float", "f32", "sqrtf", "expf"), ("double", "f64", "sqrt", "exp")))
+    _BODY.replace("@SQRT", q).replace("@EXP", e).replace("@LOG1P", l).replace("@T", t).replace("@S", s)
+    for t, s, q, e, l in (("float", "f32", "sqrtf", "expf", "log1pf"), ("double", "f64", "sqrt", "exp", "log1p")))
 
 _I64, _PTR, _F64 = build.ctypes.c_int64, build.ctypes.c_void_p, build.ctypes.c_double
 _HEAD = [_I64] * 4 + [_PTR, _F64]
+_ACT = [_I64] * 3 + [_PTR]
 _lib = None
 _tried = False
+
+# interface fields (offsets in the activated interface row) each node reads, in the kernels' order
+PRE_FIELDS = ("free_gates", "write_keys", "write_strengths", "allocation_gates", "write_gates", "erase_vectors",
+              "write_vectors")
+POST_FIELDS = ("read_keys", "read_strengths", "read_modes")
 
 
 def kernels():
@@ -262,27 +316,15 @@ def kernels():
     if not _tried:
         _tried, _lib = True, build.load_library(_SOURCE, "dnc_step", {
             "pre_forward": _HEAD + [_PTR] * 20, "pre_backward": _HEAD + [_PTR] * 21,
-            "post_forward": _HEAD + [_PTR] * 11, "post_backward": _HEAD + [_PTR] * 14})
+            "post_forward": _HEAD + [_PTR] * 11, "post_backward": _HEAD + [_PTR] * 14,
+            "activate": _ACT + [_PTR] * 2, "activate_backward": _ACT + [_PTR] * 4})
     return _lib
 
 
-def _rows(x: Tensor) -> Tuple[Tensor, int]:
-    """``x`` (contiguous within each batch item, made so if needed) and its batch stride."""
-    if x.dim() > 1 and not x[0].is_contiguous():
-        x = x.contiguous()
-    return x, (x.stride(0) if x.shape[0] > 1 else x[0].numel())
-
-
-def _call(name: str, like: Tensor, sizes, strides, eps: float, *args) -> None:
-    suffix = "f32" if like.dtype == torch.float32 else "f64"
-    st = (_I64 * len(strides))(*strides)
-    ptrs = []
-    for a in args:
-        if isinstance(a, (list, tuple)):
-            ptrs.append((_PTR * len(a))(*(t.data_ptr() for t in a)))
-        else:
-            ptrs.append(a.data_ptr())
-    getattr(kernels(), f"{name}_{suffix}")(*sizes, st, eps, *ptrs)
+@functools.lru_cache(maxsize=64)
+def ranges_array(ranges: Tuple[int, ...]):
+    """``ctypes`` int64 array of an interface's activation ranges (cached; modules keep the plain tuple)."""
+    return (_I64 * len(ranges))(*ranges)
 
 
 def usable(*tensors: Tensor) -> bool:
@@ -294,68 +336,113 @@ def usable(*tensors: Tensor) -> bool:
                                                            for t in tensors)
 
 
-class PreLink(torch.autograd.Function):
-    """``(u0 [B,N], ww0 [B,1,N], V [B,R,N], M0 [B,N,W], p0 [B,1,N], free [B,R], wkey [B,1,W], wstr [B,1],
-    ga [B,1], gw [B,1], erase [B,1,W], wvec [B,1,W], eps)`` -> ``(u [B,N], w [B,1,N], M [B,N,W], p [B,1,N])``."""
+def _fn(name: str, like: Tensor):
+    return getattr(kernels(), f"{name}_{'f32' if like.dtype == torch.float32 else 'f64'}")
+
+
+def _ptr(x) -> Optional[int]:
+    """Pointer argument: a tensor's data, an int address, or a ``ctypes`` array of pointers for a list."""
+    if isinstance(x, (list, tuple)):
+        return (_PTR * len(x))(*(_ptr(t) for t in x))
+    return x if isinstance(x, int) else x.data_ptr()
+
+
+def _call(name: str, like: Tensor, sizes, strides, eps: float, *args) -> None:
+    _fn(name, like)(*sizes, (_I64 * len(strides))(*strides), eps, *(_ptr(a) for a in args))
+
+
+class Activate(torch.autograd.Function):
+    """Interface activations on ``[B, I]`` rows as one node; ``ranges`` is a ``ctypes`` array of ``K`` quadruples
+    ``(start, length, kind, group)`` (kind 0 raw, 1 oneplus, 2 sigmoid, 3 softmax over groups)."""
 
     @staticmethod
-    def forward(ctx, u0, ww0, V, M0, p0, free, wkey, wstr, ga, gw, erase, wvec, eps):
+    def forward(ctx, vector, ranges):
+        vector = vector.contiguous()
+        out = torch.empty_like(vector)
+        _fn("activate", vector)(vector.shape[0], vector.shape[1], len(ranges) // 4, ranges, vector.data_ptr(),
+                                out.data_ptr())
+        ctx.save_for_backward(vector, out)
+        ctx.ranges = ranges
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        vector, out = ctx.saved_tensors
+        grad, result = grad.contiguous(), torch.empty_like(vector)
+        _fn("activate_backward", vector)(vector.shape[0], vector.shape[1], len(ctx.ranges) // 4, ctx.ranges,
+                                         vector.data_ptr(), out.data_ptr(), grad.data_ptr(), result.data_ptr())
+        return result, None
+
+
+def _fields(act: Tensor, offsets) -> list:
+    """Addresses of the fields at ``offsets`` in the first row of ``act`` (rows are ``act.shape[1]`` apart)."""
+    base, size = act.data_ptr(), act.element_size()
+    return [base + off * size for off in offsets]
+
+
+class PreLink(torch.autograd.Function):
+    """``(u0 [B,N], ww0 [B,1,N], V [B,R,N], M0 [B,N,W], p0 [B,1,N], act [B,I], offsets, eps)`` -> ``(u [B,N],
+    w [B,1,N], M [B,N,W], p [B,1,N])``; ``act`` is the activated interface, ``offsets`` those of ``PRE_FIELDS``."""
+
+    @staticmethod
+    def forward(ctx, u0, ww0, V, M0, p0, act, offsets, eps):
         B, N, W = M0.shape
         R = V.shape[1]
-        u0, ww0, V, M0, p0 = (x.contiguous() for x in (u0, ww0, V, M0, p0))
-        gates = [_rows(x) for x in (free, wkey, wstr, ga, gw, erase, wvec)]
+        u0, ww0, V, M0, p0, act = (x.contiguous() for x in (u0, ww0, V, M0, p0, act))
         u, w, M, p = u0.new_empty(B, N), u0.new_empty(B, 1, N), torch.empty_like(M0), u0.new_empty(B, 1, N)
         sv, knorm = u0.new_empty(B, 9, N), u0.new_empty(B)
         idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(N, dtype=torch.int64)
-        _call("pre_forward", u0, (B, N, W, R), [g[1] for g in gates], eps, u0, ww0, V, M0, p0,
-              *(g[0] for g in gates), u, w, M, p, sv, knorm, idx, tmp)
-        ctx.save_for_backward(ww0, V, M0, p0, *(g[0] for g in gates), w, sv, knorm, idx)
-        ctx.meta = ((B, N, W, R), [g[1] for g in gates], eps)
+        strides = [act.shape[1]] * len(offsets)
+        _call("pre_forward", u0, (B, N, W, R), strides, eps, u0, ww0, V, M0, p0, *_fields(act, offsets), u, w, M,
+              p, sv, knorm, idx, tmp)
+        ctx.save_for_backward(ww0, V, M0, p0, act, w, sv, knorm, idx)
+        ctx.meta = ((B, N, W, R), strides, offsets, eps)
         return u, w, M, p
 
     @staticmethod
     @once_differentiable
     def backward(ctx, Gu, Gw, GM, Gp):
-        sizes, strides, eps = ctx.meta
+        sizes, strides, offsets, eps = ctx.meta
         B, N, W, R = sizes
-        saved = ctx.saved_tensors
-        like = saved[2]
-        outs = [like.new_empty(B, N), like.new_empty(B, R), like.new_empty(B, R, N), like.new_empty(B, N, W),
-                like.new_empty(B, 1, W), like.new_empty(B, 1), like.new_empty(B, 1), like.new_empty(B, 1),
-                like.new_empty(B, 1, W), like.new_empty(B, 1, W), like.new_empty(B, 1, N)]
+        ww0, V, M0, p0, act, w, sv, knorm, idx = ctx.saved_tensors
+        dact = torch.zeros_like(act)
+        du0, dV, dM0, dp0 = M0.new_empty(B, N), M0.new_empty(B, R, N), M0.new_empty(B, N, W), M0.new_empty(B, 1, N)
+        f = _fields(dact, offsets)  # free, wkey, wstr, ga, gw, erase, wvec gradients go straight into dact
+        outs = [du0, f[0], dV, dM0, f[1], f[2], f[3], f[4], f[5], f[6], dp0]
         grads = [g.contiguous() for g in (Gu, Gw, GM, Gp)]
-        _call("pre_backward", like, sizes, strides, eps, *saved, *grads, outs, like.new_empty(5 * N + 2 * R))
-        du0, dfree, dV, dM0, dwk, dws, dga, dgw, de, dv, dp0 = outs
-        return du0, None, dV, dM0, dp0, dfree, dwk, dws, dga, dgw, de, dv, None
+        _call("pre_backward", M0, sizes, strides, eps, ww0, V, M0, p0, *_fields(act, offsets), w, sv, knorm, idx,
+              *grads, outs, M0.new_empty(5 * N + 2 * R))
+        return du0, None, dV, dM0, dp0, dact, None, None
 
 
 class PostLink(torch.autograd.Function):
-    """``(M [B,N,W], rkeys [B,R,W], rstr [B,R], forward [B,R,N], backward [B,R,N], modes [B,R,3], eps)`` ->
-    ``(read_weights [B,R,N], read_words [B,R,W])``."""
+    """``(M [B,N,W], act [B,I], forward [B,R,N], backward [B,R,N], offsets, eps)`` -> ``(read_weights [B,R,N],
+    read_words [B,R,W])``; ``offsets`` are those of ``POST_FIELDS`` in the activated interface ``act``."""
 
     @staticmethod
-    def forward(ctx, M, rkeys, rstr, fw, bw, modes, eps):
+    def forward(ctx, M, act, fw, bw, offsets, eps):
         B, N, W = M.shape
-        R = rkeys.shape[1]
-        M, fw, bw, modes = (x.contiguous() for x in (M, fw, bw, modes))
-        (rkeys, sk), (rstr, ss) = _rows(rkeys), _rows(rstr)
+        R = fw.shape[1]
+        M, act, fw, bw = (x.contiguous() for x in (M, act, fw, bw))
         V, rw = M.new_empty(B, R, N), M.new_empty(B, R, W)
         sv, mnorm, knorm = M.new_empty(B, 3, R, N), M.new_empty(B, N), M.new_empty(B, R)
-        _call("post_forward", M, (B, N, W, R), [sk, ss], eps, M, rkeys, rstr, fw, bw, modes, V, rw, sv, mnorm,
-              knorm)
-        ctx.save_for_backward(M, rkeys, rstr, fw, bw, modes, V, sv, mnorm, knorm)
-        ctx.meta = ((B, N, W, R), [sk, ss], eps)
+        strides = [act.shape[1]] * len(offsets)
+        rk, rs, md = _fields(act, offsets)
+        _call("post_forward", M, (B, N, W, R), strides, eps, M, rk, rs, fw, bw, md, V, rw, sv, mnorm, knorm)
+        ctx.save_for_backward(M, act, fw, bw, V, sv, mnorm, knorm)
+        ctx.meta = ((B, N, W, R), strides, offsets, eps)
         return V, rw
 
     @staticmethod
     @once_differentiable
     def backward(ctx, GV, Grw):
-        sizes, strides, eps = ctx.meta
+        sizes, strides, offsets, eps = ctx.meta
         B, N, W, R = sizes
-        M = ctx.saved_tensors[0]
-        outs = [M.new_empty(B, N, W), M.new_empty(B, R, W), M.new_empty(B, R), M.new_empty(B, R, N),
-                M.new_empty(B, R, N), M.new_empty(B, R, 3)]
-        _call("post_backward", M, sizes, strides, eps, *ctx.saved_tensors, GV.contiguous(), Grw.contiguous(), outs,
-              M.new_empty(R * N + N))
-        dM, drk, drs, dfw, dbw, dmd = outs
-        return dM, drk, drs, dfw, dbw, dmd, None
+        M, act, fw, bw, V, sv, mnorm, knorm = ctx.saved_tensors
+        dact, dM, dfw, dbw = torch.zeros_like(act), M.new_empty(B, N, W), M.new_empty(B, R, N), M.new_empty(B, R, N)
+        drk, drs, dmd = _fields(dact, offsets)
+        rk, rs, md = _fields(act, offsets)
+        _call("post_backward", M, sizes, strides, eps, M, rk, rs, fw, bw, md, V, sv, mnorm, knorm,
+              GV.contiguous(), Grw.contiguous(), [dM, drk, drs, dfw, dbw, dmd], M.new_empty(R * N + N))
+        return dM, dact, dfw, dbw, None, None

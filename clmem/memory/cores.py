@@ -178,7 +178,11 @@ class MemoryCore(nn.Module):
         controller_input = torch.cat([x_t, prev_state.read_words.reshape(batch_size, -1)], dim=-1)
         controller_output, controller_state = self.controller(controller_input, prev_state.controller_state)
         controller_output = self._clip(controller_output)
-        interface = self.memory.parse_interface(self.interface_layer(controller_output))
+        vector = self.interface_layer(controller_output)
+        if hasattr(self.memory, "step_vector"):  # the DNC parses (and activates) the raw interface itself
+            read_words, memory_state = self.memory.step_vector(vector, prev_state.memory_state, tape)
+            return controller_output, CoreState(controller_state, memory_state, read_words)
+        interface = self.memory.parse_interface(vector)
         if tape is None:
             read_words, memory_state = self.memory.step(interface, prev_state.memory_state)
         else:

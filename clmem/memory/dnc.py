@@ -3,14 +3,16 @@
 One step: usage update (free gates, previous reads/writes) -> write weights (content + allocation) ->
 erase-and-write -> temporal link and precedence -> read weights (content, forward, backward) -> read words.
 
-With one write head and the optional C kernels available (``_native_dnc``), ``step`` runs everything but the link
-as two hand-differentiated nodes (before and after the link step); the composed pure functions of ``addressing``
-remain the specification (the tests compare both, values and gradients, in float64).
+``step`` composes the pure functions of ``addressing`` (the specification). ``step_vector`` (used by ``DNCCore``)
+takes the raw interface vector; with one write head and the optional C kernels (``_native_dnc``) it runs the
+interface activations and everything but the link as three hand-differentiated nodes (tested equal to ``step``,
+values and gradients, in float64).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -78,6 +80,7 @@ class DNCMemory(nn.Module):
             (torch.sigmoid, (("erase_vectors", (H, W)), ("free_gates", (R,)), ("allocation_gates", (H,)),
                              ("write_gates", (H,)))),
         )
+        self._layout = self._native_layout()
 
     @property
     def interface_size(self) -> int:
@@ -123,8 +126,6 @@ class DNCMemory(nn.Module):
         With a ``tape`` (from ``start_unroll``) the link matrix lives in the tape and ``prev_state.link`` /
         ``next_state.link`` are the tape's step tokens; ``finish_unroll`` puts the real link back.
         """
-        if self.config.num_writes == 1 and native.usable(prev_state.memory, interface.write_keys):
-            return self._native_step(interface, prev_state, tape)
         usage = addr.update_usage(
             prev_state.usage, prev_state.write_weights, interface.free_gates, prev_state.read_weights
         )
@@ -146,23 +147,43 @@ class DNCMemory(nn.Module):
         next_state = DNCState(memory, read_weights, write_weights, usage, link, precedence)
         return addr.read_memory(memory, read_weights), next_state
 
-    def _native_step(
-        self, interface: DNCInterface, prev_state: DNCState, tape: Optional[LinkTape]
+    def _native_layout(self) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+        """``(ranges, pre offsets, post offsets)`` of the flat interface for ``_native_dnc``: one ``(start, length,
+        kind, group)`` quadruple per field (kind 0 raw, 1 oneplus, 2 sigmoid, 3 softmax over ``group``)."""
+        ranges, offsets, start = [], {}, 0
+        for activation, layout in self._groups:
+            kind = 0 if activation is None else (1 if activation is addr.oneplus else 2)
+            for name, shape in layout:
+                size = math.prod(shape)
+                offsets[name] = start
+                ranges += [start, size, 3 if name == "read_modes" else kind, shape[-1]]
+                start += size
+        return (tuple(ranges), tuple(offsets[f] for f in native.PRE_FIELDS),
+                tuple(offsets[f] for f in native.POST_FIELDS))
+
+    def step_vector(
+        self, vector: Tensor, prev_state: DNCState, tape: Optional[LinkTape] = None
     ) -> Tuple[Tensor, DNCState]:
-        """``step`` for one write head as two C nodes around the link step (``_native_dnc``; same values and
-        gradients as the composed pure functions)."""
-        s, i = prev_state, interface
+        """``step(parse_interface(vector), prev_state, tape)`` for a raw interface ``vector [B, interface_size]``.
+
+        With one write head and the optional C kernels (``_native_dnc``) this runs as three hand-differentiated
+        nodes (interface activations, the memory before the link step, the reads after it) around the link step,
+        with the same values and gradients as the composed pure functions (tested in float64)."""
+        if (self.config.num_writes != 1 or vector.dim() != 2 or vector.shape[-1] != self.interface_size
+                or not native.usable(vector, prev_state.memory)):
+            return self.step(self.parse_interface(vector), prev_state, tape)
+        ranges, pre, post = self._layout
+        s = prev_state
+        act = native.Activate.apply(vector, native.ranges_array(ranges))
         usage, write_weights, memory, precedence = native.PreLink.apply(
-            s.usage, s.write_weights, s.read_weights, s.memory, s.precedence, i.free_gates, i.write_keys,
-            i.write_strengths, i.allocation_gates, i.write_gates, i.erase_vectors, i.write_vectors, addr.EPSILON)
+            s.usage, s.write_weights, s.read_weights, s.memory, s.precedence, act, pre, addr.EPSILON)
         if tape is None:
             link, forward, backward = addr.temporal_link_step(s.link, s.precedence, write_weights, s.read_weights)
         else:
             forward, backward, link = tape.step(s.link, s.precedence, write_weights, s.read_weights)
         shape = s.read_weights.shape
-        read_weights, read_words = native.PostLink.apply(
-            memory, i.read_keys, i.read_strengths, forward.reshape(shape), backward.reshape(shape), i.read_modes,
-            addr.EPSILON)
+        read_weights, read_words = native.PostLink.apply(memory, act, forward.reshape(shape),
+                                                         backward.reshape(shape), post, addr.EPSILON)
         return read_words, DNCState(memory, read_weights, write_weights, usage, link, precedence)
 
     def start_unroll(self, state: DNCState, steps: int) -> Tuple[DNCState, LinkTape]:

@@ -26,55 +26,66 @@ def random_state(memory: DNCMemory, seed: int, dtype=F64, empty_slots: bool = Fa
                     write_weights=simplex(B, 1, N), usage=usage, link=link, precedence=simplex(B, 1, N, scale=0.7))
 
 
-def run_step(memory, vector, state, use_native, monkeypatch):
-    if not use_native:
-        monkeypatch.setattr(dnc.native, "usable", lambda *tensors: False)
+def run_step(memory, vector, state, use_native):
+    """Outputs and input gradients of ``step_vector`` (C nodes) or ``step(parse_interface(...))`` (composed)."""
     leaves = [vector.clone().requires_grad_()] + [x.clone().requires_grad_() for x in state]
-    read_words, new = memory.step(memory.parse_interface(leaves[0]), DNCState(*leaves[1:]))
+    if use_native:
+        read_words, new = memory.step_vector(leaves[0], DNCState(*leaves[1:]))
+    else:
+        read_words, new = memory.step(memory.parse_interface(leaves[0]), DNCState(*leaves[1:]))
     outputs = [read_words, *new]
     gen = torch.Generator().manual_seed(11)
     loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
     loss.backward()
-    monkeypatch.undo()
     return [o.detach() for o in outputs], [x.grad for x in leaves]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_native_step_matches_composed_functions(monkeypatch, seed):
+def test_native_step_matches_composed_functions(seed):
     memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
-    vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(seed + 5), dtype=F64)
+    vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(seed + 5), dtype=F64) * 3
     state = random_state(memory, seed)
-    out_a, grad_a = run_step(memory, vector, state, True, monkeypatch)
-    out_b, grad_b = run_step(memory, vector, state, False, monkeypatch)
+    out_a, grad_a = run_step(memory, vector, state, True)
+    out_b, grad_b = run_step(memory, vector, state, False)
     for x, y in zip(out_a + grad_a, out_b + grad_b):
         assert (x is None and y is None) or torch.allclose(x, y, atol=1e-12, rtol=1e-10)
     assert grad_a[3] is None and grad_b[3] is None  # usage does not differentiate the previous write weights
 
 
-def test_native_step_float32_with_empty_slots(monkeypatch):
+def test_native_step_float32_with_empty_slots():
     memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
     vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(3))
     state = random_state(memory, 3, torch.float32, empty_slots=True)
-    out_a, grad_a = run_step(memory, vector, state, True, monkeypatch)
-    out_b, grad_b = run_step(memory, vector, state, False, monkeypatch)
+    out_a, grad_a = run_step(memory, vector, state, True)
+    out_b, grad_b = run_step(memory, vector, state, False)
     for x, y in zip(out_a + grad_a, out_b + grad_b):
         assert (x is None and y is None) or torch.allclose(x, y, atol=1e-5, rtol=1e-4)
 
 
 def test_native_nodes_gradcheck():
     memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+    ranges, pre_offsets, post_offsets = memory._layout
     state = random_state(memory, 4)
-    vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(9), dtype=F64)
-    i = memory.parse_interface(vector)  # strided views of the interface, as in a core
-    pre = [state.usage, state.write_weights, state.read_weights, state.memory, state.precedence, i.free_gates,
-           i.write_keys, i.write_strengths, i.allocation_gates, i.write_gates, i.erase_vectors, i.write_vectors]
+    gen = torch.Generator().manual_seed(9)
+    vector = torch.randn(B, memory.interface_size, generator=gen, dtype=F64).mul(3).requires_grad_()
+    vector.data[0, :3] = torch.tensor([25.0, -30.0, 19.0], dtype=F64)  # both sides of the softplus threshold
+    assert torch.autograd.gradcheck(lambda v: native.Activate.apply(v, native.ranges_array(ranges)), [vector])
+    act = native.Activate.apply(vector.detach(), native.ranges_array(ranges))
+    pre = [state.usage, state.write_weights, state.read_weights, state.memory, state.precedence, act]
     pre = [x.detach().requires_grad_(k != 1) for k, x in enumerate(pre)]
-    assert torch.autograd.gradcheck(lambda *xs: native.PreLink.apply(*xs, 1e-6), pre)
-    gen = torch.Generator().manual_seed(2)
+    assert torch.autograd.gradcheck(lambda *xs: native.PreLink.apply(*xs, pre_offsets, 1e-6), pre)
     directional = [torch.rand(B, R, N, generator=gen, dtype=F64) * 0.3 for _ in range(2)]
-    post = [state.memory, i.read_keys, i.read_strengths, *directional, i.read_modes]
-    post = [x.detach().requires_grad_() for x in post]
-    assert torch.autograd.gradcheck(lambda *xs: native.PostLink.apply(*xs, 1e-6), post)
+    post = [x.detach().requires_grad_() for x in (state.memory, act, *directional)]
+    assert torch.autograd.gradcheck(lambda *xs: native.PostLink.apply(*xs, post_offsets, 1e-6), post)
+
+
+def test_activations_match_parse_interface():
+    memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+    vector = torch.randn(3, memory.interface_size, generator=torch.Generator().manual_seed(1), dtype=F64) * 10
+    act = native.Activate.apply(vector, native.ranges_array(memory._layout[0]))
+    parsed = memory.parse_interface(vector)
+    flat = torch.cat([getattr(parsed, name).reshape(3, -1) for _, layout in memory._groups for name, _ in layout], 1)
+    assert torch.allclose(act, flat, atol=1e-14)
 
 
 def test_core_native_equals_composed_path(monkeypatch):
