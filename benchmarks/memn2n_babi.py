@@ -282,6 +282,69 @@ def merge(tags: List[str], note: str) -> None:
     write("memn2n_babi", payload)
 
 
+def load_learner(ref: str):
+    """The ``MemN2N`` class of ``clmem/learners/memn2n.py`` at git revision ``ref`` (for speed comparisons)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:clmem/learners/memn2n.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"memn2n_{ref}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.MemN2N
+
+
+def time_training(model_class, options: Dict[str, object], train, args, batches: int) -> Dict[str, float]:
+    """Wall and CPU seconds per training batch (forward, backward, clip, SGD step) over ``batches`` batches."""
+    torch.manual_seed(0)
+    model = model_class(**options)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    stories, queries, answers, _ = train
+    order = torch.randperm(len(answers), generator=torch.Generator().manual_seed(0))
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(batches):
+        idx = order[i * args.batch:(i + 1) * args.batch]
+        loss = F.cross_entropy(model(trim(stories[idx]), queries[idx]), answers[idx], reduction="sum")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+    return {"wall_per_batch": (time.perf_counter() - wall) / batches, "cpu_per_batch": (time.process_time() - cpu) / batches}
+
+
+def speed(args) -> None:
+    """Time training batches of this learner and of the one at ``--compare-ref``, interleaved; write
+    ``memn2n_babi_speed.{json,md}``."""
+    vocab, train, _, _ = prepare(args.data, 0, args.max_memory)
+    base = {"vocab_size": len(vocab), "embedding_dim": args.dim, "hops": args.hops, "max_memory": args.max_memory}
+    peers = {"current": (MemN2N, {**base, "mask_empty": args.mask_empty}), args.compare_ref: (load_learner(args.compare_ref), base)}
+    rounds = {name: [] for name in peers}
+    for _ in range(3):
+        for name, (cls, options) in peers.items():
+            rounds[name].append(time_training(cls, options, train, args, args.time_batches))
+    best = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
+    per_epoch = math.ceil(len(train[2]) / args.batch)
+    ratio = best[args.compare_ref]["cpu_per_batch"] / best["current"]["cpu_per_batch"]
+    payload = {"batches_timed": args.time_batches, "batches_per_epoch": per_epoch, "rounds": rounds, "best": best,
+               "cpu_speedup": ratio, "environment": environment()}
+    (RESULTS / "memn2n_babi_speed.json").write_text(json.dumps(payload, indent=1) + "\n")
+    lines = ["# MemN2N training speed: current learner vs " + args.compare_ref, "",
+             f"d={args.dim}, {args.hops} hops, batch {args.batch}, real bAbI en joint training set, {args.time_batches} "
+             f"batches per round, 3 interleaved rounds, best round; torch threads 1; load average at the end "
+             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: wall times are inflated).", "",
+             "| learner | CPU ms / batch | wall ms / batch | CPU s / epoch (est.) |", "|---|---|---|---|"]
+    for name, b in best.items():
+        lines.append(f"| {name} | {1000 * b['cpu_per_batch']:.1f} | {1000 * b['wall_per_batch']:.1f} | "
+                     f"{b['cpu_per_batch'] * per_epoch:.1f} |")
+    lines += ["", f"CPU-time speed-up of the current learner: {ratio:.1f}x."]
+    (RESULTS / "memn2n_babi_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -304,6 +367,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tag", default=None, help="write results/memn2n_babi_<tag>.{json,md} (for parallel seeds)")
     p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of these tags into memn2n_babi")
     p.add_argument("--note", default="", help="a sentence added under the table")
+    p.add_argument("--time-batches", type=int, default=0, help="only time N training batches (see --compare-ref)")
+    p.add_argument("--compare-ref", default="cc08e2f", help="git revision of the learner to time against")
     return p.parse_args()
 
 
@@ -312,6 +377,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.merge:
         merge(args.merge, args.note)
+        return
+    if args.time_batches:
+        speed(args)
         return
     if args.quick:
         args.epochs, args.ls_max_epochs, args.seeds = 2, min(args.ls_max_epochs, 2), args.seeds[:1]
