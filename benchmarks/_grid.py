@@ -24,9 +24,10 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def run_experiment(name: str, overrides: dict, axes: list[str],
-                   columns=("ACC", "BWT", "Forgetting", "wall_time_s")) -> list[dict]:
+                   columns=("ACC", "BWT", "Forgetting", "wall_time_s"), max_concurrent: int | None = None) -> list[dict]:
     """Run ``experiments/<name>.yaml`` (merged with ``overrides``, see :func:`merge`) on local Ray,
-    tracked in a temporary SQLite store; return mean ± sd over seeds per group of ``axes``."""
+    tracked in a temporary SQLite store; return mean ± sd over seeds per group of ``axes``.
+    ``max_concurrent`` caps the trials running at once (``None``: as many as the CPUs allow)."""
     from clmem.compare import group_rows
     from clmem.config import Experiment
     from clmem.grid import run_grid

@@ -64,8 +64,9 @@ def as_range(index: np.ndarray) -> slice | None:
 class PayloadBuffer:
     """Payloads (torch) in arrays indexed by slot id, and the occupancy of the ``capacity`` slots.
 
-    Payload arrays grow by amortised doubling up to ``capacity`` rows as higher slots are written
-    (a store of 10^6 slots allocates nothing large until it fills).  Embeddings are not kept here:
+    Optional payload arrays grow by amortised doubling up to ``capacity`` rows as higher slots are
+    written (a store of 10^6 slots allocates no inputs/logits until it fills); experience ids and
+    occupancy span the capacity from the start in lazily zeroed pages.  Embeddings are not kept here:
     the FAISS index holds the only copy (see :mod:`clmem.episodic.index`).  Optional payloads are
     allocated on the first ``write`` that provides them; from then on every write must provide them
     (and none may be introduced once items without them are held).
@@ -77,17 +78,17 @@ class PayloadBuffer:
 
     def _allocate(self) -> None:
         """(Re)allocate empty arrays."""
-        self.rows = 0  # allocated rows of every payload array
-        self.experiences = torch.zeros(0, dtype=torch.int64)
+        self.rows = 0  # allocated rows of the optional payload arrays
+        # fixed-size per-slot arrays span the capacity; np.zeros maps zero pages lazily (no memset)
+        self.experiences = torch.from_numpy(np.zeros(self.capacity, dtype=np.int64))
         self.occupied = np.zeros(self.capacity, dtype=bool)
         self.optional: dict[str, torch.Tensor | None] = {name: None for name in OPTIONAL_FIELDS}
 
     def _reserve(self, rows: int) -> None:
-        """Grow every payload array to at least ``rows`` rows (doubling, at most ``capacity``)."""
+        """Grow the optional payload arrays to at least ``rows`` rows (doubling, at most ``capacity``)."""
         if rows <= self.rows:
             return
         new = min(self.capacity, max(rows, 2 * self.rows, 64))
-        self.experiences = _grow(self.experiences, new)
         self.optional = {name: (_grow(t, new) if t is not None else None) for name, t in self.optional.items()}
         self.rows = new
 
