@@ -88,3 +88,35 @@ def test_class_balanced_policy_and_option_errors():
     assert counts.tolist() == [30, 10]  # every late class-1 item replaced a class-0 item
     with pytest.raises(ValueError, match="retrieval"):
         EpisodicReplay(retrieval="farthest")
+
+
+@pytest.mark.parametrize("retrieval", ["random", "nearest"])
+def test_joint_forward_keeps_the_strategy_view_and_stores_pre_update_features(retrieval):
+    """One forward over current + replayed rows: the strategy sees only current rows; with lr=0 the
+    stored embeddings and logits are exactly the model's features and outputs of the stored inputs."""
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training.supervised import Naive
+
+    from clmem.benchmarks import build_stream
+    from clmem.models import MLP
+
+    class Watch(SupervisedPlugin):
+        sizes: list = []
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.sizes.append((len(strategy.mb_x), len(strategy.mb_y), len(strategy.mb_output)))
+
+    torch.manual_seed(0)
+    benchmark = build_stream("split_digits", seed=0).benchmark
+    model = MLP(64, 10, hidden_size=16, num_layers=1)
+    replay, watch = EpisodicReplay(mem_size=30, batch_size_mem=8, retrieval=retrieval, alpha=0.5), Watch()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), train_mb_size=12,
+                     train_epochs=1, eval_mb_size=64, plugins=[replay, watch])
+    for exp in benchmark.train_stream[:2]:
+        strategy.train(exp)
+    assert replay.replayed > 0 and len(replay.store) == 30 and replay._hook is None
+    assert all(a == b == c and a <= 12 for a, b, c in watch.sizes)
+    held = replay.store.get(replay.store.live_slots())
+    with torch.no_grad():
+        torch.testing.assert_close(held.embeddings, model.features(held.inputs), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(held.logits, model(held.inputs), rtol=1e-5, atol=1e-5)
