@@ -96,10 +96,12 @@ void link_forward_##S(int64_t M, int64_t N, int64_t R, const T* prev, T* out, co
   FTZ_END                                                                                                 \
 }                                                                                                         \
                                                                                                           \
-void link_backward_##S(int64_t M, int64_t N, int64_t R, T* G, const T* prev, const T* w, const T* p,      \
-                       const T* v, const T* gf, const T* gb, T* dp, T* dw, T* dv, T* scratch) {           \
+void link_backward_##S(int64_t M, int64_t N, int64_t R, int64_t K, T* G, const T* prev, const T* w,         \
+                       const T* p, const T* v, const T* gf, const T* gb, T* dp, T* dw, T* dv, const T* wk,   \
+                       const T* pk, T* scratch) {                                                         \
   FTZ_BEGIN                                                                                               \
   T* g = scratch; T* dwc = scratch + N; T* zero = scratch + 2 * N; T* junk = scratch + 3 * N;            \
+  T* row = scratch + 7 * N;                                                                               \
   memset(zero, 0, sizeof(T) * N);                                                                         \
   for (int64_t m = 0; m < M; ++m) {                                                                       \
     T* Gm = G + m * N * N; const T* P = prev + m * N * N;                                                 \
@@ -109,6 +111,14 @@ void link_backward_##S(int64_t M, int64_t N, int64_t R, T* G, const T* prev, con
     if (dv) memset(dv + m * R * N, 0, sizeof(T) * R * N);                                                 \
     for (int64_t i = 0; i < N; ++i) {                                                                     \
       const T wi = wm[i], a = (T)1 - wi; T* Gi = Gm + i * N; const T* Pi = P + i * N;                     \
+      for (int64_t k = 0; k < K; ++k) {  /* rebuild L_{t-1} from an older link: K updates of this row */  \
+        const T* wq = wk + (k * M + m) * N; const T* pq = pk + (k * M + m) * N; const T* src = k ? row : Pi; \
+        const T wq_i = wq[i], aq = (T)1 - wq_i;                                                           \
+        _Pragma("omp simd")                                                                               \
+        for (int64_t j = 0; j < N; ++j) row[j] = (aq - wq[j]) * src[j] + wq_i * pq[j];                   \
+        row[i] = 0;                                                                                       \
+      }                                                                                                   \
+      if (K) Pi = row;                                                                                    \
       memcpy(g, Gi, sizeof(T) * N);                                                                       \
       for (int64_t g0 = 0; (gf || gb) && g0 < R; g0 += 4) {                                               \
         const T* vs[4]; const T* gs[4]; T* ds[4]; T cf[4], cb[4];                                         \
@@ -154,7 +164,7 @@ DEFINE_KERNELS(double, f64)
 
 # reassociation lets the compiler vectorise reductions (sums in a different order); no finite-math assumptions
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fassociative-math", "-fno-signed-zeros",
-          "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
+          "-fno-trapping-math", "-mprefer-vector-width=512", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
 
@@ -209,7 +219,7 @@ _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
 def _load() -> Optional[ctypes.CDLL]:
     return load_library(_SOURCE, "link", {"link_forward": [_I64] * 3 + [_PTR] * 8,
-                                          "link_backward": [_I64] * 3 + [_PTR] * 11})
+                                          "link_backward": [_I64] * 4 + [_PTR] * 13})
 
 
 def kernels() -> Optional[ctypes.CDLL]:
@@ -250,16 +260,18 @@ def link_forward(prev: Tensor, out: Tensor, w: Tensor, p: Tensor, v: Optional[Te
 
 
 def link_backward(grad: Tensor, prev: Tensor, w: Tensor, p: Tensor, v: Tensor, gf: Optional[Tensor],
-                  gb: Optional[Tensor], need_v: bool):
+                  gb: Optional[Tensor], need_v: bool, wk: Optional[Tensor] = None, pk: Optional[Tensor] = None):
     """One backward step (module docstring): ``grad [M, N, N]`` holds ``dLoss/dL_t`` (read gradients not yet
-    added) and is overwritten with ``dLoss/dL_{t-1}``; ``prev = L_{t-1}``. Returns ``dp, dw [M, N]`` and ``dv
+    added) and is overwritten with ``dLoss/dL_{t-1}``. ``prev`` is ``L_{t-1}``, or an older link ``L_{t-1-K}`` with
+    the ``K`` updates in between given as ``wk, pk [K, M, N]`` (``w_u``, ``p_{u-1}``, oldest first): each row of
+    ``L_{t-1}`` is then rebuilt in cache (no recomputed link buffers). Returns ``dp, dw [M, N]`` and ``dv
     [M, R, N]`` (``None`` unless ``need_v`` and a read gradient is given)."""
     m, n, _ = grad.shape
-    r = v.shape[1]
+    r, k = v.shape[1], 0 if wk is None else wk.shape[0]
     dp, dw = torch.empty_like(w), torch.empty_like(w)
     dv = torch.empty_like(v) if need_v and (gf is not None or gb is not None) else None
-    scratch = w.new_empty(7 * n)
-    getattr(kernels(), f"link_backward_{_suffix(grad)}")(m, n, r, _ptr(grad), _ptr(prev), _ptr(w), _ptr(p), _ptr(v),
-                                                        _ptr(gf), _ptr(gb), _ptr(dp), _ptr(dw), _ptr(dv),
-                                                        _ptr(scratch))
+    scratch = w.new_empty(8 * n)
+    getattr(kernels(), f"link_backward_{_suffix(grad)}")(m, n, r, k, _ptr(grad), _ptr(prev), _ptr(w), _ptr(p),
+                                                        _ptr(v), _ptr(gf), _ptr(gb), _ptr(dp), _ptr(dw), _ptr(dv),
+                                                        _ptr(wk), _ptr(pk), _ptr(scratch))
     return dp, dw, dv

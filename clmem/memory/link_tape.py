@@ -117,8 +117,12 @@ class LinkTape:
         self.scratch: Optional[Tensor] = None
         if segment is None:
             keep_all = steps * link.numel() * link.element_size() <= KEEP_ALL_BYTES
-            segment = 1 if keep_all else max(1, math.ceil(math.sqrt(steps)))
+            # the C backward rebuilds L_{t-1} from the last checkpoint in cache (no segment buffers), so it can
+            # afford checkpoints twice as dense as the torch path for about the same memory
+            root = math.sqrt(steps) / 2 if native.usable(link.detach()) else math.ceil(math.sqrt(steps))
+            segment = 1 if keep_all else max(1, round(root))
         self.segment = segment
+        self.work: Optional[Tensor] = None  # the working link buffer (updated in place between checkpoints)
         self.blocks = _blocks(self.m, n)
         self.inputs: List[Tuple[Tensor, Tensor]] = []  # (p_{t-1}, w_t) flat [M, N], detached
         self.checkpoints: Dict[int, Tensor] = {-1: link.detach().reshape(self.m, n, n)}
@@ -134,7 +138,7 @@ class LinkTape:
         if not hasattr(self, "seg_buffers"):  # __init__ did not finish
             return
         initial = self.checkpoints.get(-1)
-        owned = [*self.checkpoints.values(), *self.seg_buffers, self.current, self.grad]
+        owned = [*self.checkpoints.values(), *self.seg_buffers, self.current, self.work, self.grad]
         unique = {id(x): x for x in owned if x is not None and x is not initial}
         _give(list(unique.values()))
 
@@ -152,16 +156,19 @@ class LinkTape:
     def _forward(self, p: Tensor, w: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """Advance the link; ``p, w [M, N]``, ``v [M, R, N]`` -> ``f [M, R, N]``, ``b [M, R, N]``.
 
-        With checkpoint segments the working link is updated in place (a copy is kept every ``segment`` steps);
-        when every step is kept, each step writes a new buffer. Products with the link are written as
+        Every ``segment``-th step writes a new kept buffer (a checkpoint); the steps in between update one working
+        buffer in place (when every step is kept, each step writes a new buffer). Products with the link are written as
         ``v @ L^T`` / ``v @ L`` (thin-left operands: several times faster on CPU than ``L @ v^T``)."""
         t = len(self.inputs)
         if t >= self.steps:
             raise ValueError(f"LinkTape.step: the tape was made for {self.steps} steps")
         self.inputs.append((p, w))
         prev = self.current
-        in_place = self.segment > 1 and not any(prev is c for c in self.checkpoints.values())
-        out = prev if in_place else _take(prev)
+        checkpoint = (t + 1) % self.segment == 0 and t + 1 < self.steps
+        if checkpoint:  # written straight into a kept buffer (no copy)
+            out = _take(prev)
+        else:  # in place when ``prev`` is the working buffer, else over a stale one (never the caller's link)
+            out = self.work = self.work if self.work is not None else _take(prev)
         f = prev.new_empty(self.m, v.shape[1], self.n)
         if native.usable(prev, w, p, v):
             b = torch.empty_like(f)
@@ -175,8 +182,8 @@ class LinkTape:
                 _update_block(block, prev[mats, rows], w[mats], p[mats], one_minus_w[mats, rows], rows, scratch)
                 f[mats, :, rows] = torch.bmm(v[mats], block.transpose(1, 2))
                 b[mats].baddbmm_(v[mats, :, rows], block)
-        if (t + 1) % self.segment == 0 and t + 1 < self.steps:
-            self.checkpoints[t] = _take(out).copy_(out) if self.segment > 1 else out
+        if checkpoint:
+            self.checkpoints[t] = out
         self.current = out
         return f, b
 
@@ -226,15 +233,19 @@ class LinkTape:
         """Step ``t`` backward with ``gf, gb [M, R, N]`` (or ``None``): returns ``dp, dw [M, N]``, ``dv [M, R, N]``
         and leaves ``dLoss/dL_{t-1}`` in ``self.grad``."""
         m, n = self.m, self.n
-        prev = self._link_at(t - 1)
         p, w = self.inputs[t]
         if self.grad is None or self.grad_step != t:
-            self.grad = _take(prev).zero_()
+            self.grad = _take(self.checkpoints[-1]).zero_()
         grad = self.grad
         self.grad_step = t - 1
-        if native.usable(grad, prev, w, p, v, *(x for x in (gf, gb) if x is not None)):
-            return native.link_backward(grad, prev, w, p, v, gf, gb, need_v)
-        link = self._link_at(t)
+        start = max(k for k in self.checkpoints if k <= t - 1)  # the kernel rebuilds L_{t-1} from L_start
+        older = self.checkpoints[start]
+        if native.usable(grad, older, w, p, v, *(x for x in (gf, gb) if x is not None)):
+            steps = range(start + 1, t)
+            wk = torch.stack([self.inputs[u][1] for u in steps]) if steps else None
+            pk = torch.stack([self.inputs[u][0] for u in steps]) if steps else None
+            return native.link_backward(grad, older, w, p, v, gf, gb, need_v, wk, pk)
+        prev, link = self._link_at(t - 1), self._link_at(t)
         lefts, rights = [], []
         if gf is not None:
             lefts.append(gf)
