@@ -136,19 +136,22 @@ TARGETS = {64: 3.0, 256: 5.0, 1024: 10.0}  # issue #3: CPU-time ratio clmem/peer
 NOTES = """
 What the measured clmem code does (default build):
 
-* Link matrices (`[B, 1, N, N]`) live in a `LinkTape` outside autograd; each step is one C sweep over every matrix
-  (update `(1 - w_i - w_j) L + w_i p_j` with zero diagonal, forward and backward reads of the 4 read heads in the
-  same pass). Backward is one sweep per step that rebuilds `L_t` from `L_{t-1}` on the fly and updates
-  `dLoss/dL` in place. All 42 links are kept when they fit in 256 MiB (N <= 256); at N = 1024 the tape keeps a
-  checkpoint every 7 steps and recomputes the others once, in the backward pass. Link buffers are pooled between
-  iterations (no page faults on fresh 64 MiB buffers).
-* Everything else in the memory step runs as two hand-differentiated C nodes before and after the link step
-  (usage, stable-sort allocation, write content lookup, write weights, erase/write, precedence; read content lookup,
-  read-mode mixing, read words). Denormals are flushed to zero inside the kernels.
+* Link matrices (`[B, 1, N, N]`) live in a `LinkTape` outside autograd; each forward step is one C sweep over every
+  matrix (update `(1 - w_i - w_j) L + w_i p_j` with zero diagonal, forward and backward reads of the 4 read heads
+  in the same pass). Each backward step is one sweep that rebuilds `L_t` (and, between checkpoints, `L_{t-1}`
+  from the last checkpoint) row by row in cache and updates `dLoss/dL` in place, so nothing but the checkpoints is
+  stored or recomputed. All 42 links are kept when they fit in 256 MiB (N <= 256); at N = 1024 every 3rd link is
+  kept (written in place of a copy; the steps in between update one working buffer in place). Link buffers are
+  pooled between iterations (no page faults on fresh 64 MiB buffers).
+* The rest of the memory step is three hand-differentiated C nodes: interface activations (oneplus, sigmoid,
+  softmax) on the raw interface vector; usage, stable-sort allocation, write content lookup, write weights,
+  erase/write and precedence before the link step; read content lookup, read-mode mixing and read words after it.
+  Interface fields are read and their gradients written in place (no per-field views). Denormals are flushed to
+  zero inside the kernels.
 * The C code is compiled on first use (`cc -O3 -march=native`, cached under `~/.cache/clmem/native`); without a
   compiler, or with `CLMEM_NATIVE=0`, the torch-op path runs (second table). Both paths are tested against the
   pure functions in `clmem/memory/addressing.py` (float64 values and gradients, gradcheck).
-* Single-threaded kernels; the controller (LSTM cell), interface/output layers and Adam are plain torch.
+* Single-threaded kernels; the controller (LSTM cell), interface/output layers, loss and Adam are plain torch.
 """
 
 
