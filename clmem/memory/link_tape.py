@@ -54,12 +54,12 @@ def _take(like: Tensor) -> Tensor:
     """An uninitialised contiguous tensor shaped like ``like``: a pooled buffer of an earlier tape if there is one
     (fresh large allocations page-fault on first touch, which costs about as much as a link update)."""
     global _pool_bytes
-    free = _pool.get((tuple(like.shape), like.dtype, like.device))
-    if free:
-        buffer = free.pop()
-        _pool_bytes -= buffer.numel() * buffer.element_size()
-        return buffer
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    try:
+        buffer = _pool[(tuple(like.shape), like.dtype, like.device)].pop()
+    except (KeyError, IndexError):  # none pooled (or another thread took the last one)
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    _pool_bytes -= buffer.numel() * buffer.element_size()
+    return buffer
 
 
 def _give(buffers: List[Tensor]) -> None:
