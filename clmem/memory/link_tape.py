@@ -156,8 +156,8 @@ class LinkTape:
     def _forward(self, p: Tensor, w: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """Advance the link; ``p, w [M, N]``, ``v [M, R, N]`` -> ``f [M, R, N]``, ``b [M, R, N]``.
 
-        Every ``segment``-th step writes a new kept buffer (a checkpoint); the steps in between update one working
-        buffer in place (when every step is kept, each step writes a new buffer). Products with the link are written as
+        Steps update one working buffer in place; every ``segment``-th step keeps it as a checkpoint and the next
+        step writes a new one (when every step is kept, each step writes a new buffer). Products with the link are written as
         ``v @ L^T`` / ``v @ L`` (thin-left operands: several times faster on CPU than ``L @ v^T``)."""
         t = len(self.inputs)
         if t >= self.steps:
@@ -165,10 +165,10 @@ class LinkTape:
         self.inputs.append((p, w))
         prev = self.current
         checkpoint = (t + 1) % self.segment == 0 and t + 1 < self.steps
-        if checkpoint:  # written straight into a kept buffer (no copy)
-            out = _take(prev)
-        else:  # in place when ``prev`` is the working buffer, else over a stale one (never the caller's link)
-            out = self.work = self.work if self.work is not None else _take(prev)
+        # in place on the working buffer; a checkpoint step keeps that buffer (no copy) and the next step starts a
+        # new one; never writes into the caller's initial link
+        out = self.work if self.work is not None else _take(prev)
+        self.work = None if checkpoint else out
         f = prev.new_empty(self.m, v.shape[1], self.n)
         if native.usable(prev, w, p, v):
             b = torch.empty_like(f)
