@@ -112,10 +112,15 @@ void link_backward_##S(int64_t M, int64_t N, int64_t R, int64_t K, T* G, const T
     for (int64_t i = 0; i < N; ++i) {                                                                     \
       const T wi = wm[i], a = (T)1 - wi; T* Gi = Gm + i * N; const T* Pi = P + i * N;                     \
       for (int64_t k = 0; k < K; ++k) {  /* rebuild L_{t-1} from an older link: K updates of this row */  \
-        const T* wq = wk + (k * M + m) * N; const T* pq = pk + (k * M + m) * N; const T* src = k ? row : Pi; \
+        const T* wq = wk + (k * M + m) * N; const T* pq = pk + (k * M + m) * N;                           \
         const T wq_i = wq[i], aq = (T)1 - wq_i;                                                           \
-        _Pragma("omp simd")                                                                               \
-        for (int64_t j = 0; j < N; ++j) row[j] = (aq - wq[j]) * src[j] + wq_i * pq[j];                   \
+        if (k == 0) {                                                                                     \
+          _Pragma("omp simd")                                                                             \
+          for (int64_t j = 0; j < N; ++j) row[j] = (aq - wq[j]) * Pi[j] + wq_i * pq[j];                  \
+        } else {                                                                                          \
+          _Pragma("omp simd")                                                                             \
+          for (int64_t j = 0; j < N; ++j) row[j] = (aq - wq[j]) * row[j] + wq_i * pq[j];                 \
+        }                                                                                                 \
         row[i] = 0;                                                                                       \
       }                                                                                                   \
       if (K) Pi = row;                                                                                    \
