@@ -10,7 +10,8 @@ parameters (:func:`ewc_penalty`).
 Fisher = **empirical** Fisher: the mean over the experience's samples (at most ``fisher_samples``)
 of the squared per-sample gradient of the log-likelihood of the true label, i.e. of the
 strategy's criterion on one sample (computed with ``torch.func`` per-sample gradients, the model
-in eval mode; a plain per-sample loop is the fallback).
+in eval mode; a plain per-sample loop is the fallback). The samples are a random subset of the
+experience (seeded by the experience count), not its first items, which may all share one class.
 
 Which parameters (``params``):
 
@@ -75,10 +76,17 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "controlle
     return chosen
 
 
-def _xy_batches(dataset, batch_size: int, limit: int) -> Iterable[tuple[Tensor, Tensor]]:
-    """Batches ``(x, y)`` over the first ``limit`` items of an Avalanche/torch dataset."""
+def _xy_batches(dataset, batch_size: int, limit: int, seed: int = 0) -> Iterable[tuple[Tensor, Tensor]]:
+    """Batches ``(x, y)`` over ``limit`` items of an Avalanche/torch dataset drawn at random without
+    replacement (``torch.Generator`` seeded with ``seed``); the whole dataset when ``limit >= len``.
+
+    A random subset, not the first ``limit`` items: Avalanche's PermutedMNIST experiences are sorted
+    by class, so their first 1000 items are all digit 0.
+    """
     if limit < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, range(limit))
+        generator = torch.Generator().manual_seed(seed)
+        indices = torch.randperm(len(dataset), generator=generator)[:limit].sort().values
+        dataset = torch.utils.data.Subset(dataset, indices.tolist())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in loader:
         yield batch[0], batch[1]
@@ -134,7 +142,7 @@ class EWCController(SupervisedPlugin):
         mode: ``"separate"`` or ``"online"``.
         decay_factor: γ of online EWC (ignored by ``separate``).
         params: ``"controller"``, ``"all"`` or name prefixes (list or comma-separated string).
-        fisher_samples: at most this many samples of each experience enter the Fisher (0: all).
+        fisher_samples: at most this many samples of each experience, drawn at random, enter the Fisher (0: all).
         fisher_mb_size: batch size of the Fisher computation.
     """
 
@@ -182,8 +190,8 @@ class EWCController(SupervisedPlugin):
         dataset = strategy.experience.dataset
         limit = len(dataset) if self.fisher_samples <= 0 else min(self.fisher_samples, len(dataset))
         criterion = strategy._criterion
-        fisher = empirical_fisher(model, names, _xy_batches(dataset, self.fisher_mb_size, limit),
-                                  criterion, strategy.device)
+        batches = _xy_batches(dataset, self.fisher_mb_size, limit, seed=self.experiences_seen)
+        fisher = empirical_fisher(model, names, batches, criterion, strategy.device)
         self.consolidate(model, fisher)
 
     def consolidate(self, model: nn.Module, fisher: dict[str, Tensor]) -> None:

@@ -98,3 +98,17 @@ def test_params_all_covers_what_avalanche_ewc_covers_on_the_benchmark_mlp():
     avalanche = list(zerolike_params_dict(model))
     assert select_parameters(model, "all") == avalanche
     assert select_parameters(model, "controller") == [n for n in avalanche if not n.startswith("classifier.")]
+
+
+def test_fisher_samples_are_drawn_across_a_class_sorted_experience():
+    """Avalanche's PermutedMNIST experiences are sorted by class: the first 1000 items are all digit 0.
+    The Fisher subset must come from the whole experience (seeded, so the same subset each call)."""
+    from strategies.ewc_controller import _xy_batches
+
+    y = torch.arange(10).repeat_interleave(50)  # 500 items, class-sorted
+    dataset = torch.utils.data.TensorDataset(torch.randn(500, 3), y)
+    labels = torch.cat([b[1] for b in _xy_batches(dataset, batch_size=16, limit=100, seed=3)])
+    assert len(labels) == 100 and len(labels.unique()) == 10
+    again = torch.cat([b[1] for b in _xy_batches(dataset, batch_size=16, limit=100, seed=3)])
+    assert torch.equal(labels, again)
+    assert len(torch.cat([b[1] for b in _xy_batches(dataset, batch_size=64, limit=500)])) == 500
