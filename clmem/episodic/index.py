@@ -102,8 +102,10 @@ class FlatIndex(_GpuMirror):
         self.config = config
         self.device = device
         self.cpu = _flat(config)
-        self._pos_slot = np.full(16, -1, dtype=np.int64)
-        self._slot_pos = np.full(config.capacity, -1, dtype=np.int64)
+        # a sparse set: entries are only trusted where _pos_slot[_slot_pos[s]] == s (see _positions),
+        # so both arrays can stay uninitialised (large np.empty arrays are mapped lazily, no memset)
+        self._pos_slot = np.empty(config.capacity, dtype=np.int64)
+        self._slot_pos = np.empty(config.capacity, dtype=np.int64)
         self._view: np.ndarray | None = None  # cached codes view; dropped whenever ntotal changes
 
     @property
@@ -125,19 +127,23 @@ class FlatIndex(_GpuMirror):
         self._view = None
         if self._gpu is not None:
             self._gpu.add(vectors)
-        self._pos_slot = grown(self._pos_slot, end)
         self._pos_slot[start:end] = slots
         self._slot_pos[slots] = np.arange(start, end)
 
+    def _positions(self, slots: np.ndarray) -> np.ndarray:
+        """Distinct positions of those ``slots`` that are held (others are ignored)."""
+        pos = self._slot_pos[slots]
+        ok = (pos >= 0) & (pos < self.ntotal)
+        ok[ok] = self._pos_slot[pos[ok]] == slots[ok]
+        return np.unique(pos[ok])
+
     def remove(self, slots: np.ndarray) -> None:
         """Drop held ``slots``: live vectors from the tail move into the freed positions, then truncate."""
-        pos = self._slot_pos[slots]
-        pos = np.unique(pos[pos >= 0])
+        pos = self._positions(slots)
         if len(pos) == 0:
             return
         n = self.ntotal
         keep = n - len(pos)
-        self._slot_pos[self._pos_slot[pos]] = -1
         tail_dead = np.zeros(n - keep, dtype=bool)
         tail_dead[pos[pos >= keep] - keep] = True
         movers, holes = keep + np.flatnonzero(~tail_dead), pos[pos < keep]
@@ -146,7 +152,6 @@ class FlatIndex(_GpuMirror):
             view[holes] = view[movers]
             self._pos_slot[holes] = self._pos_slot[movers]
             self._slot_pos[self._pos_slot[holes]] = holes
-        self._pos_slot[keep:n] = -1
         self.cpu.remove_ids(import_faiss().IDSelectorRange(keep, n))
         self._gpu, self._view = None, None
 
@@ -180,8 +185,7 @@ class FlatIndex(_GpuMirror):
         self.cpu = _from_bytes(state["index"])
         self._gpu, self._view = None, None
         pos_slot = state["pos_slot"].numpy().astype(np.int64)
-        self._pos_slot = grown(pos_slot.copy(), len(pos_slot) + 16)
-        self._slot_pos[:] = -1
+        self._pos_slot[:len(pos_slot)] = pos_slot
         self._slot_pos[pos_slot] = np.arange(len(pos_slot))
 
 

@@ -119,7 +119,7 @@ class PayloadBuffer:
             held = self.optional[name]
             if held is not None and value is not None:
                 held[dst] = value[src].to(held.dtype)
-        self.occupied[slots] = True
+        self.occupied[dst if isinstance(dst, slice) else slots] = True
 
     def read(self, slots: np.ndarray, embeddings: np.ndarray) -> EpisodeBatch:
         """Payload batch of the (occupied) slots ``slots`` with their ``embeddings [len(slots), D]``."""

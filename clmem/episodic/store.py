@@ -102,8 +102,9 @@ class EpisodicStore:
         experiences = self._experience_ids(experience, rows_in)
         self._buffer.check_schema(given)
         slots = self._assign(rows_in, given["labels"])
-        rows = np.flatnonzero(slots >= 0)
-        targets = slots[rows]
+        kept = slots >= 0
+        rows = np.arange(rows_in) if kept.all() else np.flatnonzero(kept)
+        targets = slots if len(rows) == rows_in else slots[rows]
         held = self._buffer.occupied[targets]
         n_replaced = int(held.sum())
         self._buffer.write(targets, rows, experiences, given)
