@@ -30,7 +30,7 @@ def _check_consistent(store: EpisodicStore, tags: dict[int, int], vectors: dict[
 
 def test_payload_arrays_grow_by_doubling_and_keep_rows() -> None:
     buffer = PayloadBuffer(capacity=1000)
-    assert buffer.rows == 0 and buffer.experiences.shape == (0,)
+    assert buffer.rows == 0 and buffer.experiences.shape == (1000,)  # fixed-size ids span the capacity
     labels = torch.arange(300)
     for start in range(0, 300, 30):
         slots = np.arange(start, start + 30)
