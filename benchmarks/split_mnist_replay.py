@@ -78,6 +78,10 @@ def paired_timing(data: str, rounds: int) -> list[dict]:
 
 def write_paired(paired: list[dict]) -> str:
     lines = ["", "## Paired timing (seed 0, in-process, back to back)", "",
+             "The grid runs its trials strategy by strategy (all episodic_replay trials, then Replay, then DER), "
+             "so a change of load on the shared machine during the grid skews its time ratios (see the sd of "
+             "the wall times above). Here each episodic_replay trial runs right before or after a Replay trial "
+             "with the same seed and buffer (ABBA order); CPU ratio = ratio of this process's CPU seconds.", "",
              "| buffer | episodic_replay wall (s) | Replay wall (s) | wall ratio | CPU ratio | rounds |",
              "|---|---|---|---|---|---|"]
     for buf in TARGETS:
