@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clmem.memory import DNCInterface, DNCMemory, DNCMemoryConfig, DNCState
+from clmem.memory import DNCInterface, DNCMemory, DNCMemoryConfig
 
 F64 = torch.float64
 N, W, R, H = 5, 3, 4, 2
@@ -16,12 +16,6 @@ def make_memory():
 def random_vector(memory, batch, seed, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, memory.interface_size, generator=gen, dtype=F64) * scale
-
-
-def run(memory, vectors, state):
-    for vector in vectors:
-        read_words, state = memory.step(memory.parse_interface(vector), state)
-    return read_words, state
 
 
 @pytest.mark.parametrize(
@@ -120,29 +114,3 @@ def test_free_gates_release_read_slots():
     _, state = memory.step(one_hot_interface(v, v[:, :1], free_gates=1.0), state)
     # slot 0 was written and then freed by the reads on it: usage back to 0; slot N-1 stays used
     assert state.usage[0, 0] < 1e-3 and state.usage[0, N - 1] > 0.999
-
-
-def test_batched_equals_per_example():
-    memory = make_memory()
-    vectors = [random_vector(memory, 3, seed=s) for s in range(4)]
-    batched_words, batched_state = run(memory, vectors, memory.initial_state(3, dtype=F64))
-    for b in range(3):
-        words, state = run(memory, [v[b : b + 1] for v in vectors], memory.initial_state(1, dtype=F64))
-        assert torch.allclose(words, batched_words[b : b + 1])
-        for ours, theirs in zip(state, batched_state):
-            assert torch.allclose(ours, theirs[b : b + 1])
-
-
-def test_gradcheck_one_step():
-    memory = DNCMemory(memory_size=4, word_size=2, num_reads=2, num_writes=2)
-    _, state = run(memory, [random_vector(memory, 2, seed=s) for s in range(2)], memory.initial_state(2, dtype=F64))
-    vector = random_vector(memory, 2, seed=9).requires_grad_()
-    prev = [x.clone().requires_grad_() for x in (state.memory, state.read_weights, state.link, state.precedence)]
-
-    def step(vector, prev_memory, prev_read_weights, prev_link, prev_precedence):
-        prev_state = DNCState(prev_memory, prev_read_weights, state.write_weights, state.usage, prev_link,
-                              prev_precedence)
-        read_words, next_state = memory.step(memory.parse_interface(vector), prev_state)
-        return read_words, next_state.memory, next_state.usage, next_state.link
-
-    assert torch.autograd.gradcheck(step, (vector, *prev), eps=1e-6, atol=1e-5)
