@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,18 @@ def _report(experience: int, report: dict, key: str) -> None:
     _maybe_crash(experience)
 
 
+def _limit_threads(cpus: float) -> None:
+    """Use as many intra-op threads as CPUs the trial asked for. Ray's OMP_NUM_THREADS comes too late
+    for a worker that imported torch in :func:`prewarm_worker` (torch would use every core: trials
+    sharing a machine then oversubscribe it)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(max(1, int(cpus)))
+
+
 def _trainable(config: dict) -> None:
     """Tune function trainable: run one trial, reporting (and checkpointing) per experience."""
     import warnings
@@ -95,6 +108,7 @@ def _trainable(config: dict) -> None:
     from clmem.runner import run_trial
 
     trial = config["job"]["trial"]
+    _limit_threads(trial["resources"]["cpu"])
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:

@@ -139,10 +139,21 @@ def test_local_ray_workers_import_trial_code_at_start_without_mlflow():
     def modules():
         return {name: name in sys.modules for name in ("avalanche.training", "clmem.runner", "mlflow")}
 
+    @ray.remote
+    def trial_threads(cpus):
+        import torch
+
+        from clmem.grid import _limit_threads
+
+        _limit_threads(cpus)  # what every trial does first
+        return torch.get_num_threads()
+
     started = init_ray(None)
     try:
         assert started
         # the setup hook ran before the task: the trial code is imported; MLflow stays in the driver
         assert ray.get(modules.remote()) == {"avalanche.training": True, "clmem.runner": True, "mlflow": False}
+        # torch was imported before Ray's OMP_NUM_THREADS: a trial sets its thread count itself
+        assert ray.get(trial_threads.remote(1)) == 1
     finally:
         shutdown_ray(started)
