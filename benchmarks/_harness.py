@@ -130,15 +130,16 @@ def run_child(python: str, script: str, spec: Dict[str, Any], timeout_s: float) 
 
 def environment() -> Dict[str, Any]:
     """Machine description stored with the results."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+    return {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(), "loadavg_end": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def write_results(name: str, payload: Dict[str, Any], markdown: str) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections import deque
@@ -42,6 +40,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _harness as H  # noqa: E402
 
 from clmem.memory import DNCCore, NTMCore  # noqa: E402
 from clmem.memory.ntm import NTMState  # noqa: E402
@@ -232,16 +232,8 @@ def markdown(payload) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment() -> Dict[str, object]:
-    return {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()}
-
-
-def write(name, payload) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(payload))
-    print(f"wrote {RESULTS / name}.json and .md", flush=True)
+def write(name: str, payload: Dict[str, object]) -> None:
+    H.write_results(name, payload, markdown(payload))
 
 
 def main() -> None:
@@ -272,7 +264,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.merge:
         parts = [json.loads((RESULTS / f"copy_ntm_dnc_{t}.json").read_text()) for t in args.merge]
-        payload = {"runs": [r for part in parts for r in part["runs"]], "environment": environment(),
+        payload = {"runs": [r for part in parts for r in part["runs"]], "environment": H.environment(),
                    "merged_from": args.merge, "peer": PEER, "note": args.note}
         write("copy_ntm_dnc", payload)
         return
@@ -282,7 +274,7 @@ def main() -> None:
     runs = []
     for kind in args.models:
         runs.append(run_model(kind, args))
-        write(name, {"runs": runs, "environment": environment(), "args": vars(args), "peer": PEER,
+        write(name, {"runs": runs, "environment": H.environment(), "args": vars(args), "peer": PEER,
                      "note": args.note})
 
 

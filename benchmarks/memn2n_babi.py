@@ -28,7 +28,6 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _harness as H  # noqa: E402
 
 from clmem.learners.memn2n import MemN2N, MemN2NConfig  # noqa: E402
 from clmem.tasks.babi import Vocabulary, encode_memnet, load_babi  # noqa: E402
@@ -260,16 +261,8 @@ def markdown(payload: Dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment() -> Dict[str, object]:
-    return {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()}
-
-
 def write(name: str, payload: Dict[str, object]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(payload))
-    print(f"wrote {RESULTS / name}.json and .md", flush=True)
+    H.write_results(name, payload, markdown(payload))
 
 
 def merge(tags: List[str], note: str) -> None:
@@ -278,7 +271,7 @@ def merge(tags: List[str], note: str) -> None:
     for r in runs:
         r["test_error_per_task"] = {int(k): v for k, v in r["test_error_per_task"].items()}
     payload = {"config": parts[0]["config"], "runs": runs, "summary": summarise(runs, parts[0]["config"]),
-               "environment": environment(), "merged_from": tags, "note": note}
+               "environment": H.environment(), "merged_from": tags, "note": note}
     write("memn2n_babi", payload)
 
 
@@ -330,7 +323,7 @@ def speed(args) -> None:
     per_epoch = math.ceil(len(train[2]) / args.batch)
     ratio = best[args.compare_ref]["cpu_per_batch"] / best["current"]["cpu_per_batch"]
     payload = {"batches_timed": args.time_batches, "batches_per_epoch": per_epoch, "rounds": rounds, "best": best,
-               "cpu_speedup": ratio, "environment": environment()}
+               "cpu_speedup": ratio, "environment": H.environment()}
     (RESULTS / "memn2n_babi_speed.json").write_text(json.dumps(payload, indent=1) + "\n")
     lines = ["# MemN2N training speed: current learner vs " + args.compare_ref, "",
              f"d={args.dim}, {args.hops} hops, batch {args.batch}, real bAbI en joint training set, {args.time_batches} "
@@ -391,7 +384,7 @@ def main() -> None:
     for seed in args.seeds:
         runs.append(run_seed(seed, args))
         write(name, {"config": config, "runs": runs, "summary": summarise(runs, config),
-                     "environment": environment(), "note": args.note})
+                     "environment": H.environment(), "note": args.note})
 
 
 if __name__ == "__main__":

@@ -92,10 +92,11 @@ def _limit_threads(cpus: float) -> None:
     sharing a machine then oversubscribe it)."""
     import torch
 
-    torch.set_num_threads(max(1, int(cpus)))
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
     faiss = sys.modules.get("faiss")
     if faiss is not None:
-        faiss.omp_set_num_threads(max(1, int(cpus)))
+        faiss.omp_set_num_threads(threads)
 
 
 def _trainable(config: dict) -> None:
