@@ -1,20 +1,20 @@
 """Scheduling overhead of `clmem grid` on local Ray (issue 6 benchmark).
 
 A 16-trial grid of short trials (split_digits, naive, 16 seeds) runs through the same code path
-as `clmem grid` (Ray Tune + driver-side MLflow logging into a temporary SQLite store). Overhead =
-grid wall time / (sum of trial times / CPUs) − 1, where a trial's time is Ray Tune's
-`time_total_s` of its last report (from the start of the trial function: stream, model, training,
-evaluations) and the grid's wall time runs as `clmem grid` runs it: from starting Ray, through
-opening the MLflow store and the grid, to Ray's shutdown (Ray's start is also reported separately).
+as `clmem grid` (Ray Tune + driver-side MLflow logging into a new temporary SQLite store).
+Overhead = grid wall time / (sum of trial times / CPUs) - 1, where a trial's time is what the trial
+reports as `trial_time_s`: from the start of its run (after its imports) to its last report
+(stream, model, training, evaluations, checkpoints). The grid's wall time runs as `clmem grid`
+runs it: from opening the MLflow store (in a thread) and starting Ray, through the grid, to Ray's
+shutdown. The driver's own imports (torch, Avalanche, Ray, measured separately in a fresh
+process) come before and are not in it.
 
-The extra wall time, grid wall − ideal, is reported too: it stays about the same whatever the trial
-length (Ray's start, the trial worker processes importing torch and Avalanche, Tune's own start and
-finish), so the overhead ratio depends on how long the trials are. Trial lengths: 2, 30, 100 and 200
-epochs per experience (trials of about 0.4, 2, 5 and 10 s on this machine). Rows with "prewarmed
-workers: no" run the same grid with Ray workers that do not import torch/Avalanche at start
-(`init_ray(prewarm=False)`, clmem's behaviour before the worker setup hook), in the same run.
+The extra wall time, grid wall - ideal, stays about the same whatever the trial length, so the
+overhead ratio depends on how long the trials are. Its parts are reported: Ray's start, the wait
+for the first trial result (trial processes start and import torch + Avalanche), Ray's shutdown.
+Trial lengths: 2, 30, 100, 200 and 400 epochs per experience.
 
-Usage: python benchmarks/grid_overhead.py [--trials 16] [--epochs 2 30 100 200] [--peer-epochs 2 100]
+Usage: python benchmarks/grid_overhead.py [--trials 16] [--epochs 2 30 100 200 400]
 Writes benchmarks/results/grid_overhead.{json,md}.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,22 +42,25 @@ def experiment(trials: int, epochs: int) -> dict:
     }
 
 
-def measure(trials: int, epochs: int, cpus: int, prewarm: bool) -> dict:
-    """One grid, timed as ``clmem grid`` runs it: start Ray, open the MLflow store, run the grid."""
+def measure(trials: int, epochs: int, cpus: int) -> dict:
+    """One grid, timed as ``clmem grid`` runs it: open the MLflow store while Ray starts, run the grid."""
     from clmem.config import Experiment
     from clmem.grid import init_ray, run_grid, shutdown_ray
     from clmem.tracking import Tracker
 
     cwd = os.getcwd()
+    first_result = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         try:
             exp = Experiment.from_dict(experiment(trials, epochs))
             t0 = time.perf_counter()
-            started = init_ray(None, prewarm=prewarm)
+            tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", connect_in_background=True)
+            started = init_ray(None)
             ray_start = time.perf_counter() - t0
-            tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
-            parent, failed = run_grid(exp, tracker, progress=lambda line: None)
+            parent, failed = run_grid(exp, tracker, progress=lambda line: first_result.append(
+                time.perf_counter() - t0) if not first_result else None)
+            t1 = time.perf_counter()
             shutdown_ray(started)
             grid_wall = time.perf_counter() - t0
             children = tracker.children(tracker.client.get_run(parent))
@@ -64,41 +69,46 @@ def measure(trials: int, epochs: int, cpus: int, prewarm: bool) -> dict:
             os.chdir(cwd)
     ideal = sum(trial_times) / cpus
     return {"trials": len(trial_times), "failed": failed, "cpus": cpus, "epochs": epochs,
-            "prewarm": prewarm, "ray_start_s": ray_start, "grid_wall_s": grid_wall,
-            "sum_trial_s": sum(trial_times), "mean_trial_s": sum(trial_times) / len(trial_times),
-            "ideal_s": ideal, "overhead": grid_wall / ideal - 1.0,
-            "overhead_after_ray_start": (grid_wall - ray_start) / ideal - 1.0}
+            "ray_start_s": ray_start, "first_result_s": first_result[0], "shutdown_s": grid_wall - (t1 - t0),
+            "grid_wall_s": grid_wall, "sum_trial_s": sum(trial_times),
+            "mean_trial_s": sum(trial_times) / len(trial_times), "ideal_s": ideal,
+            "overhead": grid_wall / ideal - 1.0}
+
+
+def driver_imports() -> float:
+    """Wall seconds a fresh process takes to import what `clmem grid` imports before it starts."""
+    code = "import clmem.cli, clmem.config, clmem.grid, clmem.tracking, mlflow.tracking"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+    return time.perf_counter() - t0
 
 
 def table(rows: list) -> str:
-    lines = ["| trials | CPUs | epochs | prewarmed workers | mean trial (s) | sum/CPUs (s) | grid wall (s) "
-             "| overhead | extra wall (s) | Ray start (s) | overhead without Ray start |",
+    lines = ["| trials | CPUs | epochs | mean trial (s) | sum/CPUs (s) | grid wall (s) | overhead "
+             "| extra wall (s) | Ray start (s) | first result at (s) | Ray shutdown (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['trials']} | {r['cpus']} | {r['epochs']} | {'yes' if r['prewarm'] else 'no'} "
-                     f"| {r['mean_trial_s']:.2f} | {r['ideal_s']:.1f} | {r['grid_wall_s']:.1f} "
-                     f"| {100 * r['overhead']:.1f}% | {r['grid_wall_s'] - r['ideal_s']:.1f} "
-                     f"| {r['ray_start_s']:.1f} | {100 * r['overhead_after_ray_start']:.1f}% |")
+        lines.append(f"| {r['trials']} | {r['cpus']} | {r['epochs']} | {r['mean_trial_s']:.2f} "
+                     f"| {r['ideal_s']:.1f} | {r['grid_wall_s']:.1f} | {100 * r['overhead']:.1f}% "
+                     f"| {r['grid_wall_s'] - r['ideal_s']:.1f} | {r['ray_start_s']:.1f} "
+                     f"| {r['first_result_s']:.1f} | {r['shutdown_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[2, 30, 100, 200])
-    parser.add_argument("--peer-epochs", type=int, nargs="*", default=[2, 100],
-                        help="trial lengths also run without prewarmed workers, for comparison")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[2, 30, 100, 200, 400])
     args = parser.parse_args()
     cpus = os.cpu_count()
-    rows = []
-    for epochs in args.epochs:
-        if epochs in args.peer_epochs:
-            rows.append(measure(args.trials, epochs, cpus, prewarm=False))
-        rows.append(measure(args.trials, epochs, cpus, prewarm=True))
+    imports = driver_imports()
+    rows = [measure(args.trials, epochs, cpus) for epochs in args.epochs]
     load = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "grid_overhead.json").write_text(json.dumps({"rows": rows, "loadavg_after": load}, indent=2))
-    md = table(rows) + (f"\nLoad average after the run (1/5/15 min): {load[0]:.1f} / {load[1]:.1f} / "
+    (RESULTS / "grid_overhead.json").write_text(json.dumps(
+        {"rows": rows, "driver_imports_s": imports, "loadavg_after": load}, indent=2))
+    md = table(rows) + (f"\nDriver imports before the clock starts (fresh process): {imports:.1f} s. "
+                        f"Load average after the run (1/5/15 min): {load[0]:.1f} / {load[1]:.1f} / "
                         f"{load[2]:.1f} on {cpus} CPUs.\n")
     (RESULTS / "grid_overhead.md").write_text(md)
     print(md)

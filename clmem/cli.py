@@ -136,18 +136,20 @@ def cmd_grid(args) -> int:
     experiment = _load(args.file)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError("--max-concurrent", f"expected an integer >= 1, got {args.max_concurrent}")
-    started = init_ray(args.address)  # Ray's workers warm up while MLflow is being set up
+    from clmem.tracking import Tracker
+
+    # the MLflow store opens (a new SQLite file: schema migrations) in a thread while Ray starts
+    tracker = Tracker(args.tracking_uri or experiment.tracking_uri, connect_in_background=True)
+    started = init_ray(args.address)
     try:
-        return _grid(args, experiment)
+        return _grid(args, experiment, tracker)
     finally:
         shutdown_ray(started)
 
 
-def _grid(args, experiment) -> int:
+def _grid(args, experiment, tracker) -> int:
     from clmem.grid import run_grid
-    from clmem.tracking import Tracker
 
-    tracker = Tracker(args.tracking_uri or experiment.tracking_uri)
     print(f"grid {experiment.name!r}: {len(experiment.trials)} trials "
           f"(axes: {', '.join(experiment.axes) or 'none'}; seeds: {experiment.raw['seeds']})", flush=True)
     parent, failed = run_grid(experiment, tracker, args.address, args.max_concurrent,

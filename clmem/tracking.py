@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,17 +40,56 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 class Tracker:
-    """Creates and fills the MLflow runs of grids and trials through one ``MlflowClient``."""
+    """Creates and fills the MLflow runs of grids and trials through one ``MlflowClient``.
 
-    def __init__(self, tracking_uri: str | None = None):
+    With ``connect_in_background`` the client is made, and the store opened (for a new SQLite file:
+    MLflow's schema migrations, about 2 s), in a thread: a grid starts Ray meanwhile. The first use
+    of :attr:`client` waits for it and raises what the connection raised.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, connect_in_background: bool = False):
         import logging
-
-        from mlflow.tracking import MlflowClient
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client = None
+        self._error: BaseException | None = None
+        self._connected = threading.Event()
+        if connect_in_background:
+            threading.Thread(target=self._connect, args=(True,), name="clmem-mlflow-connect",
+                             daemon=True).start()
+        else:
+            self._connect(False)
+
+    def _connect(self, open_store: bool) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+            if open_store:
+                self._client.search_experiments(max_results=1)
+        except BaseException as exc:  # re-raised by the first use of .client
+            self._error = exc
+        finally:
+            self._connected.set()
+
+    @property
+    def client(self):
+        """The ``MlflowClient`` (waits for a background connection to finish)."""
+        self._connected.wait()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def __getstate__(self) -> dict:  # Ray Tune pickles its callbacks, and this with them
+        self._connected.wait()
+        return {k: v for k, v in self.__dict__.items() if k != "_connected"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._connected = threading.Event()
+        self._connected.set()
 
     # ---- experiments and runs -------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> str | None:

@@ -1,4 +1,5 @@
 """Faults and resume through real Ray Tune and a real MLflow store: retries, checkpoints, --resume."""
+import json
 import os
 import signal
 import subprocess
@@ -148,3 +149,18 @@ def test_resume_without_earlier_grid_is_bad_input(tmp_path, monkeypatch, capsys)
     file = write(tmp_path, grid("naive", [0]))
     assert main(["grid", str(file), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--resume"]) == 2
     assert "--resume: no earlier grid of experiment 'faults'" in capsys.readouterr().err
+
+
+def test_resume_checkpoint_is_never_newer_than_the_last_logged_experience(tmp_path):
+    from clmem.grid import latest_checkpoint
+
+    for run, experience in (("g-abcdef12", 0), ("g-abcdef12-resume1", 2), ("g-abcdef12", 1)):
+        directory = tmp_path / run / "trial_0001_k1" / f"checkpoint_00000{experience}"
+        directory.mkdir(parents=True)
+        (directory / "meta.json").write_text(json.dumps({"experience": experience, "key": "k1"}))
+    newest = latest_checkpoint(tmp_path, "g", "abcdef1234", "k1")
+    assert newest.endswith("g-abcdef12-resume1/trial_0001_k1/checkpoint_000002")
+    # the driver logged experiences 0 and 1 only: the experience-2 checkpoint is not used
+    assert latest_checkpoint(tmp_path, "g", "abcdef1234", "k1", up_to=1).endswith("checkpoint_000001")
+    assert latest_checkpoint(tmp_path, "g", "abcdef1234", "k1", up_to=-1) is None
+    assert latest_checkpoint(tmp_path, "g", "abcdef1234", "other") is None
