@@ -1,5 +1,9 @@
-"""Continual bAbI with MemN2N: naive fine-tuning (``sequence``) vs replay (``sequence_replay``) vs EWC
+"""Continual bAbI with MemN2N and DNC: naive fine-tuning (``sequence``) vs replay (``sequence_replay``) vs EWC
 (``sequence_ewc``), through clmem's own runner (``clmem.runner.run_trial``).
+
+MemN2N reads the memory-network encoding (sentences as memory slots); the DNC reads the word stream
+``sentence <sep> ... <query> question <answer>`` one word per step (``encoding: sequence``) and answers at the last
+step, with its own (smaller) memory window and epochs, since it costs about one recurrent step per word.
 
 Stream: the real bAbI v1.2 ``en`` (1k) tasks 1, 2, 6, 7, 15, one experience per task, in that order (benchmark
 ``continual_babi`` with ``data_root`` set; see ``experiments/continual_babi.yaml`` for the keys). The stream's metric is
@@ -7,7 +11,7 @@ the *error* (1 − accuracy, lower is better), so ACC is the mean final error, B
 task's error (positive = it got worse) and forgetting the average rise of the error above its best earlier value, as
 ``clmem.metrics`` defines them for lower-is-better metrics.
 
-    .venv/bin/python benchmarks/continual_babi.py                    # 3 strategies x --seeds
+    .venv/bin/python benchmarks/continual_babi.py                    # 2 models x 3 strategies x --seeds
     .venv/bin/python benchmarks/continual_babi.py --quick            # 1 epoch per experience, 100 questions
 """
 from __future__ import annotations
@@ -39,14 +43,18 @@ def default_data() -> Path:
     return REPO.parent / "shared" / "data" / "babi"
 
 
-def experiment(args) -> dict:
+def experiment(args, model: str) -> dict:
+    memn2n = model == "memn2n"
     return {
         "name": "continual_babi_benchmark",
         "benchmark": {"name": "continual_babi", "tasks": args.tasks, "data_root": str(args.data),
-                      "encoding": "memnet", "max_memory": args.max_memory,
+                      "encoding": "memnet" if memn2n else "sequence",
+                      "max_memory": args.max_memory if memn2n else args.dnc_max_memory,
                       "train_questions": args.train_questions, "test_questions": args.test_questions},
-        "model": {"name": "memn2n", "embedding_dim": args.dim, "hops": 3},
-        "strategy": {"name": args.strategies, "train_epochs": args.epochs, "train_mb_size": 32,
+        "model": {"name": "memn2n", "embedding_dim": args.dim, "hops": 3} if memn2n else
+                 {"name": "dnc", "hidden_size": 64, "memory_size": 32, "word_size": 16, "num_reads": 2},
+        "strategy": {"name": args.strategies, "train_epochs": args.epochs if memn2n else args.dnc_epochs,
+                     "train_mb_size": 32,
                      "eval_mb_size": 256, "optimizer": "adam", "lr": args.lr, "clip_grad_norm": 40.0,
                      "sequence_replay": {"mem_size": args.mem_size},
                      "sequence_ewc": {"ewc_lambda": args.ewc_lambda}},
@@ -59,6 +67,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    p.add_argument("--models", nargs="+", default=["memn2n", "dnc"], choices=["memn2n", "dnc"])
+    p.add_argument("--dnc-epochs", type=int, default=5)
+    p.add_argument("--dnc-max-memory", type=int, default=10, help="sentences in the DNC's word stream")
     p.add_argument("--tasks", default="1,2,6,7,15")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.01)
@@ -71,51 +82,88 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=default_data())
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default=None)
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="write continual_babi.{json,md} from the runs of continual_babi_<tag>.json (parallel runs)")
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
     torch.set_num_threads(1)
     if args.quick:
-        args.epochs, args.train_questions, args.test_questions, args.seeds = 1, 100, 100, args.seeds[:1]
+        args.epochs = args.dnc_epochs = 1
+        args.train_questions, args.test_questions, args.seeds = 100, 100, args.seeds[:1]
     if not (args.data / "en").is_dir():
         sys.exit(f"bAbI data not found: expected {args.data}/en (pass --data or set CLMEM_DATA)")
-    raw = experiment(args)
-    exp = Experiment.from_dict(raw)
+    raws = {model: experiment(args, model) for model in args.models}
     rows = []
-    for trial in exp.trials:
-        name, seed = trial["strategy"]["name"], trial["seed"]
-        print(f"[{name} seed {seed}] start", flush=True)
-        t0 = time.perf_counter()
-        result = run_trial(trial, on_experience=lambda i, rep: print(
-            f"[{name} seed {seed}] after experience {i}: errors {[round(x, 3) for x in rep['R'][-1]]}", flush=True))
-        rows.append({"strategy": name, "seed": seed, "R": result.R, "b": result.b,
-                     "summary": {k: v for k, v in result.summary.items() if isinstance(v, (int, float))},
-                     "wall_seconds": time.perf_counter() - t0})
-        print(f"[{name} seed {seed}] summary {rows[-1]['summary']}", flush=True)
-    payload = {"experiment": raw, "runs": rows,
+    for model, raw in raws.items():
+        rows += run_model(model, Experiment.from_dict(raw))
+    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "experiments": raws, "runs": rows,
                "environment": {"host": platform.node(), "torch": torch.__version__, "loadavg_end": os.getloadavg()}}
     name = "continual_babi" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(args, rows))
+    print(f"wrote {RESULTS / name}.json and .md", flush=True)
+
+
+def merge(tags: list) -> None:
+    parts = [json.loads((RESULTS / f"continual_babi_{tag}.json").read_text()) for tag in tags]
+    rows = [r for part in parts for r in part["runs"]]
+    args = argparse.Namespace(**parts[0]["args"])
+    args.models = list(dict.fromkeys(m for part in parts for m in part["args"]["models"]))
+    args.seeds = sorted({r["seed"] for r in rows})
+    payload = {"args": vars(args), "experiments": {k: v for part in parts for k, v in part["experiments"].items()},
+               "runs": rows, "merged_from": tags, "environment": parts[-1]["environment"]}
+    (RESULTS / "continual_babi.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / "continual_babi.md").write_text(markdown(args, rows))
+
+
+def run_model(model: str, exp: Experiment) -> list:
+    rows = []
+    for trial in exp.trials:
+        name, seed = trial["strategy"]["name"], trial["seed"]
+        name = f"{model} {name}"
+        print(f"[{name} seed {seed}] start", flush=True)
+        t0 = time.perf_counter()
+        result = run_trial(trial, on_experience=lambda i, rep: print(
+            f"[{name} seed {seed}] after experience {i}: errors {[round(x, 3) for x in rep['R'][-1]]}", flush=True))
+        rows.append({"model": model, "strategy": trial["strategy"]["name"], "seed": seed, "R": result.R, "b": result.b,
+                     "summary": {k: v for k, v in result.summary.items() if isinstance(v, (int, float))},
+                     "wall_seconds": time.perf_counter() - t0})
+        print(f"[{name} seed {seed}] summary {rows[-1]['summary']}", flush=True)
+    return rows
+
+
+def markdown(args, rows: list) -> str:
     tasks = args.tasks.split(",")
-    lines = ["# Continual bAbI (real en 1k), MemN2N via clmem.runner", "",
+    lines = ["# Continual bAbI (real en 1k), MemN2N and DNC via clmem.runner", "",
              f"Tasks {args.tasks} in sequence, {args.train_questions} train / {args.test_questions} test questions "
-             f"per task, {args.epochs} epochs per experience, Adam lr {args.lr}, batch 32, d={args.dim}, 3 hops, "
-             f"memory {args.max_memory}; replay mem_size {args.mem_size}; EWC lambda {args.ewc_lambda}. "
-             "Metric: test error (lower is better); BWT > 0 and forgetting > 0 mean earlier tasks got worse.", "",
-             "| strategy | seed | final error per task (" + ", ".join(tasks) + ") | ACC (mean final error) | BWT | "
-             "forgetting | wall (s) |", "|---|---|---|---|---|---|---|"]
+             f"per task, Adam lr {args.lr}, batch 32, gradient clip 40; replay mem_size {args.mem_size}; EWC lambda "
+             f"{args.ewc_lambda}. MemN2N: d={args.dim}, 3 hops, memory {args.max_memory} sentences, {args.epochs} "
+             f"epochs per experience. DNC: LSTM 64, N=32, W=16, R=2, word stream of the last {args.dnc_max_memory} "
+             f"sentences, {args.dnc_epochs} epochs per experience. Metric: test error (lower is better); BWT > 0 and "
+             "forgetting > 0 mean earlier tasks got worse (Lopez-Paz & Ranzato BWT; forgetting: max over earlier "
+             "rows, Chaudhry et al.).", "",
+             "| model | strategy | seed | final error per task (" + ", ".join(tasks) + ") | ACC (mean final error) "
+             "| BWT | forgetting | wall (s) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
-        lines.append(f"| {r['strategy']} | {r['seed']} | {', '.join(f'{x:.3f}' for x in r['R'][-1])} | "
+        lines.append(f"| {r['model']} | {r['strategy']} | {r['seed']} | {', '.join(f'{x:.3f}' for x in r['R'][-1])} | "
                      f"{s.get('ACC', float('nan')):.3f} | {s.get('BWT', float('nan')):.3f} | "
                      f"{s.get('Forgetting', float('nan')):.3f} | {r['wall_seconds']:.0f} |")
     if len(args.seeds) > 1:
-        lines += ["", "| strategy | ACC mean ± sd | BWT mean ± sd | forgetting mean ± sd |", "|---|---|---|---|"]
-        for strat in args.strategies:
-            sel = [r["summary"] for r in rows if r["strategy"] == strat]
-            cell = lambda k: f"{statistics.mean(x[k] for x in sel):.3f} ± {statistics.stdev(x[k] for x in sel):.3f}"  # noqa: E731
-            lines.append(f"| {strat} | {cell('ACC')} | {cell('BWT')} | {cell('Forgetting')} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / name}.json and .md", flush=True)
+        lines += ["", "| model | strategy | ACC mean ± sd (seeds) | BWT mean ± sd | forgetting mean ± sd |", "|---|---|---|---|---|"]
+        for model in args.models:
+            for strat in args.strategies:
+                sel = [r["summary"] for r in rows if r["strategy"] == strat and r["model"] == model]
+                if not sel:
+                    continue
+                cell = lambda k: (f"{statistics.mean(x[k] for x in sel):.3f} ± {statistics.stdev(x[k] for x in sel):.3f}"  # noqa: E731
+                                  if len(sel) > 1 else f"{sel[0][k]:.3f} (1 seed)")
+                lines.append(f"| {model} | {strat} | {cell('ACC')} | {cell('BWT')} | {cell('Forgetting')} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ TASKS = list(range(1, 21))
 PAPER = {"mean_error": 12.4, "failed": 11}
 
 
+PE_TEXT = {"paper": "J = sentence length",
+           "reference": "authors' code: 1 + 4(k-(d+1)/2)(j-(J+1)/2)/(dJ), J = longest sentence or question"}
+
+
 def default_data() -> Path:
     if os.environ.get("CLMEM_DATA"):
         return Path(os.environ["CLMEM_DATA"]) / "babi"
@@ -160,7 +164,8 @@ def run_seed(seed: int, args) -> Dict[str, object]:
     vocab, train, val, test = prepare(args.data, seed, args.max_memory)
     cfg = MemN2NConfig(vocab_size=len(vocab), embedding_dim=args.dim, hops=args.hops, max_memory=args.max_memory,
                        position_encoding=True, temporal_encoding=True, linear_start=args.ls_max_epochs > 0,
-                       random_noise=args.random_noise, init_std=args.init_std, mask_empty=args.mask_empty)
+                       random_noise=args.random_noise, init_std=args.init_std, mask_empty=args.mask_empty,
+                       position_words=max(train[0].shape[2], train[1].shape[1]) if args.pe == "reference" else 0)
     model = MemN2N(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(seed)
@@ -221,7 +226,7 @@ def _row(label: str, runs, cell, total: str = "") -> str:
 def markdown(payload: Dict[str, object]) -> str:
     runs, s, c = payload["runs"], payload["summary"], payload["config"]
     lines = ["# MemN2N on bAbI en (1k), joint training over 20 tasks", "",
-             f"d={c['dim']}, {c['hops']} hops, PE (J = sentence length) + LS + RN({c['random_noise']}), temporal "
+             f"d={c['dim']}, {c['hops']} hops, PE ({PE_TEXT[c.get('pe', 'paper')]}) + LS + RN({c['random_noise']}), temporal "
              f"encoding, adjacent tying, memory {c['max_memory']} "
              f"({'empty slots masked' if c['mask_empty'] else 'null-padded, empty slots inside the softmax'}), "
              f"init N(0, {c['init_std']}). LS: lr {c['ls_lr']} until the validation loss has no new minimum for "
@@ -265,14 +270,14 @@ def write(name: str, payload: Dict[str, object]) -> None:
     H.write_results(name, payload, markdown(payload))
 
 
-def merge(tags: List[str], note: str) -> None:
+def merge(tags: List[str], note: str, into: str = "memn2n_babi") -> None:
     parts = [json.loads((RESULTS / f"memn2n_babi_{tag}.json").read_text()) for tag in tags]
     runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["seed"])
     for r in runs:
         r["test_error_per_task"] = {int(k): v for k, v in r["test_error_per_task"].items()}
     payload = {"config": parts[0]["config"], "runs": runs, "summary": summarise(runs, parts[0]["config"]),
                "environment": H.environment(), "merged_from": tags, "note": note}
-    write("memn2n_babi", payload)
+    write(into, payload)
 
 
 def load_learner(ref: str):
@@ -354,11 +359,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-memory", type=int, default=50)
     p.add_argument("--random-noise", type=float, default=0.1)
     p.add_argument("--init-std", type=float, default=0.1)
+    p.add_argument("--pe", choices=sorted(PE_TEXT), default="paper",
+                   help="position encoding: the paper's (J = each sentence's length) or the authors' code's")
     p.add_argument("--mask-empty", action="store_true", help="leave empty memory slots out of the softmax")
     p.add_argument("--data", type=Path, default=default_data())
     p.add_argument("--quick", action="store_true", help="smoke run: 2 LS + 2 epochs, first seed only")
     p.add_argument("--tag", default=None, help="write results/memn2n_babi_<tag>.{json,md} (for parallel seeds)")
     p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of these tags into memn2n_babi")
+    p.add_argument("--merge-into", default="memn2n_babi", help="results name that --merge writes")
     p.add_argument("--note", default="", help="a sentence added under the table")
     p.add_argument("--time-batches", type=int, default=0, help="only time N training batches (see --compare-ref)")
     p.add_argument("--compare-ref", default="cc08e2f", help="git revision of the learner to time against")
@@ -369,7 +377,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
     if args.merge:
-        merge(args.merge, args.note)
+        merge(args.merge, args.note, args.merge_into)
         return
     if args.time_batches:
         speed(args)

@@ -8,7 +8,9 @@ answer logits ``[B, vocab_size]``.
   the question embedding is ``B = A^1 = E_0`` and the answer matrix is ``W^T = C^K = E_K``.
 * **Position encoding** (PE): ``m_i = sum_j l_j * A x_ij`` with
   ``l_kj = (1 - j/J) - (k/d)(1 - 2j/J)`` (1-based j, k; d dimensions), J the number of words of the sentence
-  (or question) itself, as in the paper. Without PE, a bag of words. Computed without materialising
+  (or question) itself, as in the paper; or, with ``position_words = J > 0``, the authors' code's
+  ``l_kj = 1 + 4 (k - (d+1)/2)(j - (J+1)/2) / (d J)`` with one fixed J for every sentence and question
+  (the padded sentence length). Without PE, a bag of words. Computed without materialising
   ``[B, M, S, d]``: ``l_kj = a_j + (k/d) b_j`` with ``a_j = 1 - j/J``, ``b_j = 2j/J - 1``, so each memory is two
   weighted bags of words (one ``embedding_bag`` over all K+1 tables at once).
 * **Temporal encoding** (TE): ``m_i += T_A(i)``, ``c_i += T_C(i)``, tied like the embeddings, for the non-empty
@@ -48,6 +50,7 @@ class MemN2NConfig:
     random_noise: float = 0.1
     init_std: float = 0.1
     mask_empty: bool = True
+    position_words: int = 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -58,6 +61,7 @@ class MemN2NConfig:
                 raise ValueError(f"{owner}.{field}: expected true or false, got {getattr(self, field)!r}")
         check_float(owner, "random_noise", self.random_noise, 0.0, 1.0)
         check_float(owner, "init_std", self.init_std, 0.0, float("inf"), open_low=True)
+        check_int(owner, "position_words", self.position_words, 0)
 
 
 def position_encoding(sentence_len: int, embedding_dim: int) -> Tensor:
@@ -67,21 +71,28 @@ def position_encoding(sentence_len: int, embedding_dim: int) -> Tensor:
     return (1 - j) - k * (1 - 2 * j)
 
 
-def position_weights(words: Tensor) -> Tuple[Tensor, Tensor]:
+def position_weights(words: Tensor, dim: int = 1, fixed_length: int = 0) -> Tuple[Tensor, Tensor]:
     """``words [R, S]`` (left-aligned, 0 = padding) -> ``a, b [R, S]`` with ``l_kj = a_j + (k/d) b_j``:
-    ``a_j = 1 - j/J``, ``b_j = 2j/J - 1``, J the row's own number of words (0 at padding)."""
+    ``a_j = 1 - j/J``, ``b_j = 2j/J - 1``, J the row's own number of words (0 at padding). With
+    ``fixed_length = J > 0`` (>= S) the authors' code's PE for ``dim = d``: ``c_j = (j - (J+1)/2) / J``,
+    ``a_j = 1 - 2 c_j (d+1)/d``, ``b_j = 4 c_j``."""
     real = words.ne(0)
+    if fixed_length:
+        j = torch.arange(1, words.shape[-1] + 1, dtype=torch.float32, device=words.device)
+        c = (j - (fixed_length + 1) / 2) / fixed_length
+        return (1 - 2 * c * (dim + 1) / dim) * real, 4 * c * real
     length = real.sum(dim=-1, keepdim=True).clamp(min=1).float()
     ratio = torch.arange(1, words.shape[-1] + 1, dtype=torch.float32, device=words.device) / length
     return (1 - ratio) * real, (2 * ratio - 1) * real
 
 
-def encode_sentences(words: Tensor, tables: Tensor, dim: int, position: bool) -> Tensor:
+def encode_sentences(words: Tensor, tables: Tensor, dim: int, position: bool, fixed_length: int = 0) -> Tensor:
     """Sum the word embeddings of ``words [R, S]`` in each of the concatenated tables ``[V, H * dim]`` ->
-    ``[R, H * dim]``; position-weighted with PE (row 0 of every table is the padding word, skipped)."""
+    ``[R, H * dim]``; position-weighted with PE (row 0 of every table is the padding word, skipped);
+    ``fixed_length`` as in :func:`position_weights`."""
     if not position:
         return F.embedding_bag(words, tables, mode="sum", padding_idx=0)
-    a, b = position_weights(words)
+    a, b = position_weights(words, dim, fixed_length)
     bags = F.embedding_bag(torch.cat([words, words]), tables, per_sample_weights=torch.cat([a, b]),
                            mode="sum", padding_idx=0)
     k = torch.arange(1, dim + 1, dtype=bags.dtype, device=bags.device) / dim
@@ -152,8 +163,9 @@ class MemN2N(nn.Module):
 
     def encode_query(self, queries: Tensor) -> Tensor:
         """``queries [B, Q]`` -> the first internal state ``u [B, d]`` (embedding ``B = E_0``)."""
-        return encode_sentences(queries, self.embeddings[0].weight, self.config.embedding_dim,
-                                self.config.position_encoding)
+        c = self.config
+        return encode_sentences(queries, self.embeddings[0].weight, c.embedding_dim, c.position_encoding,
+                                c.position_words)
 
     def memories(self, stories: Tensor, times: Optional[Tensor] = None) -> Tensor:
         """``stories [B, M, S]`` -> memory vectors in every table, ``[B, M, K+1, d]`` (TE added to the
@@ -163,7 +175,8 @@ class MemN2N(nn.Module):
         tables = torch.cat([e.weight for e in self.embeddings], dim=1)
         valid = stories.ne(0).any(dim=-1)
         rows = valid.flatten().nonzero().squeeze(1)  # only the non-empty slots are encoded (most are empty)
-        encoded = encode_sentences(stories.reshape(-1, width)[rows], tables, c.embedding_dim, c.position_encoding)
+        encoded = encode_sentences(stories.reshape(-1, width)[rows], tables, c.embedding_dim, c.position_encoding,
+                                   c.position_words)
         if c.temporal_encoding:
             if times is None:
                 times = torch.arange(slots, device=stories.device).expand(batch, slots)
@@ -199,4 +212,8 @@ class MemN2N(nn.Module):
         if not ok or stories.shape[1] > self.config.max_memory:
             raise ValueError(f"MemN2N.forward: expected stories [N, M <= max_memory ({self.config.max_memory}), S] and queries "
                              f"[N, Q], got {tuple(stories.shape)} and {tuple(queries.shape)}")
+        words = self.config.position_words
+        if words and max(stories.shape[2], queries.shape[1]) > words:
+            raise ValueError(f"MemN2N.forward: position_words is {words}, shorter than the sentences "
+                             f"({stories.shape[2]} words) or questions ({queries.shape[1]} words)")
 

@@ -77,6 +77,22 @@ def test_sentence_encoding_equals_the_dense_position_weighted_sum():
     assert (a[words == 0] == 0).all() and (b[words == 0] == 0).all()
 
 
+def test_fixed_length_position_encoding_is_the_authors_code_formula():
+    # J=4, d=2, word at j=1: 1 + 4 (k - 1.5)(1 - 2.5) / 8 -> k=1: 1.375, k=2: 0.625; at j=3: k=1 0.875, k=2 1.125
+    tables = torch.zeros(6, 2)
+    tables[3] = torch.tensor([1.0, 10.0])
+    tables[5] = torch.tensor([2.0, 20.0])
+    words = torch.tensor([[3, 0, 5], [0, 0, 0]])  # a 3-word-wide batch, J fixed at 4 (not the row's length)
+    got = encode_sentences(words, tables, 2, True, fixed_length=4)
+    expected = torch.tensor([[1.375 * 1 + 0.875 * 2, 0.625 * 10 + 1.125 * 20], [0.0, 0.0]])
+    assert torch.allclose(got, expected)
+    model = MemN2N(vocab_size=6, embedding_dim=2, hops=1, max_memory=3, position_words=2)
+    with pytest.raises(ValueError, match="position_words is 2"):
+        model(torch.tensor([[[3, 4, 5]]]), torch.tensor([[3]]))
+    with pytest.raises(ValueError, match="position_words"):
+        MemN2N(vocab_size=6, position_words=-1)
+
+
 def test_model_encoding_matches_per_slot_reference(task1):
     vocab, data = task1
     torch.manual_seed(0)
