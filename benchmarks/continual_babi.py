@@ -113,6 +113,11 @@ def merge(tags: list) -> None:
     rows = [r for part in parts for r in part["runs"]]
     args = argparse.Namespace(**parts[0]["args"])
     args.models = list(dict.fromkeys(m for part in parts for m in part["args"]["models"]))
+    per_model = {"memn2n": ("epochs", "max_memory", "dim"), "dnc": ("dnc_epochs", "dnc_max_memory")}
+    for part in parts:  # each model's settings from the run that trained it
+        for model in part["args"]["models"]:
+            for key in per_model[model]:
+                setattr(args, key, part["args"][key])
     args.seeds = sorted({r["seed"] for r in rows})
     payload = {"args": vars(args), "experiments": {k: v for part in parts for k, v in part["experiments"].items()},
                "runs": rows, "merged_from": tags, "environment": parts[-1]["environment"]}
