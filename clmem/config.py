@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES, TRAINING_OPTIONS
-from clmem.options import ConfigError, Opt, defaults
+from clmem.options import ConfigError, Opt, defaults, flatten  # noqa: F401  (flatten: re-exported)
 from clmem.registry import Registry
 
 TOP_LEVEL = ("name", "description", "benchmark", "model", "strategy", "seeds", "resources",
@@ -171,18 +171,6 @@ def _resolve_section(kind: str, raw: dict) -> dict:
     out.update(raw.get(name, {}))
     declared = {**shared, **registry.get(name).options}
     return {k: (declared[k].check(f"{kind}.{k}", v) if k in declared else v) for k, v in out.items()}
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict → flat dict with dotted keys (MLflow params)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(flatten(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def trial_key(trial: dict) -> str:

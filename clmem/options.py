@@ -79,3 +79,15 @@ class Opt:
 def defaults(options: dict[str, Opt]) -> dict[str, Any]:
     """The default value of each option."""
     return {name: opt.default for name, opt in options.items()}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict → flat dict with dotted keys (MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat

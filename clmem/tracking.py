@@ -15,11 +15,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 
-from clmem.config import Experiment, flatten
+from clmem.options import flatten
+
+if TYPE_CHECKING:  # compare/ui need no torch or Avalanche: the catalog stays unimported
+    from clmem.config import Experiment
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _NOT_METRICS = ("R", "b", "experience", "experiences_total", "worker_pid", "resumed_from")
