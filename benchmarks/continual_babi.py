@@ -13,6 +13,13 @@ task's error (positive = it got worse) and forgetting the average rise of the er
 
     .venv/bin/python benchmarks/continual_babi.py                    # 2 models x 3 strategies x --seeds
     .venv/bin/python benchmarks/continual_babi.py --quick            # 1 epoch per experience, 100 questions
+
+The README's figures, as three parallel processes merged (``continual_babi.{json,md}``)::
+
+    .venv/bin/python benchmarks/continual_babi.py --models memn2n --seeds 0 1 2 --tag memn2n
+    .venv/bin/python benchmarks/continual_babi.py --models dnc --seeds 0 --tag dnc8e0
+    .venv/bin/python benchmarks/continual_babi.py --models dnc --seeds 1 --tag dnc8e1
+    .venv/bin/python benchmarks/continual_babi.py --merge memn2n dnc8e0 dnc8e1
 """
 from __future__ import annotations
 
@@ -68,7 +75,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--strategies", nargs="+", default=STRATEGIES)
     p.add_argument("--models", nargs="+", default=["memn2n", "dnc"], choices=["memn2n", "dnc"])
-    p.add_argument("--dnc-epochs", type=int, default=5)
+    p.add_argument("--dnc-epochs", type=int, default=8)
     p.add_argument("--dnc-max-memory", type=int, default=10, help="sentences in the DNC's word stream")
     p.add_argument("--tasks", default="1,2,6,7,15")
     p.add_argument("--epochs", type=int, default=10)
