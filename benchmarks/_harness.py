@@ -132,8 +132,20 @@ def environment() -> Dict[str, Any]:
     """Machine description stored with the results."""
     return {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(), "loadavg_end": os.getloadavg(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
+            "loadavg_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def cpu_model() -> str:
+    """CPU model name and its widest x86 vector extension (kernel speed ratios depend on both)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
+    return f"{name} ({vector})" if vector else name or "unknown"
 
 
 def write_results(name: str, payload: Dict[str, Any], markdown: str) -> None:

@@ -15,7 +15,7 @@ so clmem's core uses ``output_size=10`` too.
 ``clmem`` is the default build (optional C kernels ``_native_dnc``/``_native_link`` compiled on first use);
 ``clmem-torch`` the same core with ``CLMEM_NATIVE=0`` (torch ops only, the fallback without a C compiler).
 
-Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--only clmem|clmem-torch|peer]``
+Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--only clmem|clmem-torch|peer] [--tag T]``
 writes ``benchmarks/results/dnc_throughput.{json,md}``.
 """
 
@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["clmem", "clmem-torch", "peer"], default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--setup-peer", action="store_true", help="create benchmarks/.peer-venv and exit")
+    parser.add_argument("--tag", default=None, help="write results/dnc_throughput_<tag>.{json,md} (e.g. another host)")
     args = parser.parse_args()
     if args.setup_peer:
         setup_peer()
@@ -187,7 +188,7 @@ def main() -> None:
             record = H.run_child(python, __file__, spec, timeout_s=300)
         print(record, flush=True)
         records.append(record)
-    H.write_results("dnc_throughput", {"environment": H.environment(), "records": records}, markdown(records, args))
+    H.write_results("dnc_throughput" + (f"_{args.tag}" if args.tag else ""), {"environment": H.environment(), "records": records}, markdown(records, args))
 
 
 if __name__ == "__main__":
