@@ -188,7 +188,8 @@ def main() -> None:
             record = H.run_child(python, __file__, spec, timeout_s=300)
         print(record, flush=True)
         records.append(record)
-    H.write_results("dnc_throughput" + (f"_{args.tag}" if args.tag else ""), {"environment": H.environment(), "records": records}, markdown(records, args))
+    name = "dnc_throughput" + (f"_{args.tag}" if args.tag else "")
+    H.write_results(name, {"environment": H.environment(), "records": records}, markdown(records, args))
 
 
 if __name__ == "__main__":

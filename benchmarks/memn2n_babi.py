@@ -365,7 +365,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=default_data())
     p.add_argument("--quick", action="store_true", help="smoke run: 2 LS + 2 epochs, first seed only")
     p.add_argument("--tag", default=None, help="write results/memn2n_babi_<tag>.{json,md} (for parallel seeds)")
-    p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of these tags into memn2n_babi")
+    p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of these tags into --merge-into")
     p.add_argument("--merge-into", default="memn2n_babi", help="results name that --merge writes")
     p.add_argument("--note", default="", help="a sentence added under the table")
     p.add_argument("--time-batches", type=int, default=0, help="only time N training batches (see --compare-ref)")

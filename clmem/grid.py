@@ -216,9 +216,9 @@ def init_ray(address: str | None) -> bool:
     """Join ``address`` or start a local Ray on this machine's CPUs; True if we started it.
 
     No ``worker_process_setup_hook`` warms the workers: Ray 2.60 starts a job's workers only
-    when its trial actors are created, and a worker that imported torch/Avalanche in the hook
-    used about 2 CPU-seconds more than one importing them in the trial function (measured on this
-    machine: 9.5 vs 7.2-7.9 CPU-s). The trial function imports them before its clock starts.
+    when its trial actors are created, so a hook would import torch/Avalanche no earlier than the
+    trial function does (and, in a one-off measurement noted on issue 6, with more CPU time). The
+    trial function imports them before its clock starts.
     """
     if ray.is_initialized():
         return False
