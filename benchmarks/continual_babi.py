@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _harness as H  # noqa: E402
 
 from clmem.config import Experiment  # noqa: E402
 from clmem.runner import run_trial  # noqa: E402
@@ -107,7 +108,7 @@ def main() -> None:
         rows += run_model(model, Experiment.from_dict(raw))
     payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "experiments": raws, "runs": rows,
-               "environment": {"host": platform.node(), "torch": torch.__version__, "loadavg_end": os.getloadavg()}}
+               "environment": H.environment()}
     name = "continual_babi" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")

@@ -15,7 +15,8 @@ so clmem's core uses ``output_size=10`` too.
 ``clmem`` is the default build (optional C kernels ``_native_dnc``/``_native_link`` compiled on first use);
 ``clmem-torch`` the same core with ``CLMEM_NATIVE=0`` (torch ops only, the fallback without a C compiler).
 
-Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--only clmem|clmem-torch|peer] [--tag T]``
+Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--rounds 3] [--only clmem|clmem-torch|peer]
+[--tag T]``
 writes ``benchmarks/results/dnc_throughput.{json,md}``.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -80,16 +82,19 @@ def setup_peer() -> None:
 
 
 def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """One spec per (N, implementation); the peer at N >= 1024 gets a fixed small number of iterations."""
+    """Specs in run order: per N, ``--rounds`` rounds of (clmem, peer), interleaved so that both sides of a ratio
+    see the same spell of machine load; the torch-only fallback runs once per N (it has no target). The peer at
+    N >= 1024 gets a fixed small number of iterations."""
     specs = []
     for n in args.sizes:
-        for impl in ("clmem", "clmem-torch", "peer"):
-            if args.only and impl != args.only:
-                continue
-            slow = impl == "peer" and n >= 1024
-            iters = (1, 1) if args.quick else ((2, 2) if slow else (3, 20))
-            specs.append({"impl": impl, "N": n, "threads": args.threads, "min_iters": iters[0],
-                          "max_iters": iters[1], "budget_s": 5.0 if args.quick else 30.0})
+        for rnd in range(args.rounds):
+            for impl in ("clmem", "clmem-torch", "peer"):
+                if (args.only and impl != args.only) or (impl == "clmem-torch" and rnd > 0):
+                    continue
+                slow = impl == "peer" and n >= 1024
+                iters = (1, 1) if args.quick else ((2, 2) if slow else (3, 20))
+                specs.append({"impl": impl, "N": n, "round": rnd, "threads": args.threads, "min_iters": iters[0],
+                              "max_iters": iters[1], "budget_s": 5.0 if args.quick else 30.0})
     return specs
 
 
@@ -97,34 +102,62 @@ def _ratio(a, b):
     return None if a is None or b is None or b <= 0 else a / b
 
 
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summary(records: List[Dict[str, Any]], impl: str, n: int) -> Dict[str, Any]:
+    """Medians over the rounds of one (implementation, N): seq/s, seq/CPU-s, peak MiB; iterations per round."""
+    rows = [r for r in records if r["impl"] == impl and r["N"] == n]
+    ok = [r for r in rows if "error" not in r]
+    return {"sequences_per_second": _median(r["sequences_per_second"] for r in ok),
+            "sequences_per_cpu_second": _median(r["sequences_per_cpu_second"] for r in ok),
+            "peak_minus_baseline_mib": _median(r["peak_minus_baseline_mib"] for r in ok),
+            "iterations": "/".join(str(r.get("iterations", r.get("error", "—"))) for r in rows) or "—"}
+
+
+def round_ratios(records: List[Dict[str, Any]], n: int, key: str) -> List[float]:
+    """clmem/peer ratio of ``key`` per round at N = ``n`` (rounds where both sides ran)."""
+    by = {(r["impl"], r.get("round", 0)): r for r in records if r["N"] == n and "error" not in r}
+    rounds = sorted({rnd for impl, rnd in by if impl == "clmem"} & {rnd for impl, rnd in by if impl == "peer"})
+    return [by[("clmem", rnd)][key] / by[("peer", rnd)][key] for rnd in rounds]
+
+
 def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
-    by = {(r["impl"], r["N"]): r for r in records}
     lines = ["# DNC training throughput: clmem `DNCCore` vs pytorch-dnc 1.1.0", "",
              f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, length {H.LENGTH} "
-             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per row. "
-             "seq/s from the median wall-clock iteration time; seq/CPU-s from the median CPU time of the process "
-             "(robust to other load on a shared machine). Peak = peak RSS minus RSS after imports (MiB).", "",
+             f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per measurement. "
+             f"{args.rounds} round(s) per N, each round measuring clmem then the peer, so that a ratio compares two "
+             "processes run one right after the other; the ratio columns are the median of the per-round ratios "
+             "(all rounds listed), the seq/s columns the median over rounds. Within a process: seq/s from the "
+             "median wall-clock iteration time; seq/CPU-s from the median CPU time of the process (robust to other "
+             "load on a shared machine). Peak = peak RSS minus RSS after imports (MiB).", "",
              "| N | clmem seq/s | peer seq/s | ratio clmem/peer | clmem seq/CPU-s | peer seq/CPU-s "
-             "| ratio clmem/peer (CPU) | clmem peak MiB | peer peak MiB | memory ratio clmem/peer | iterations "
-             "| issue-3 target (CPU ratio) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ratio clmem/peer (CPU) | CPU ratio per round | clmem peak MiB | peer peak MiB "
+             "| memory ratio clmem/peer | iterations per round (clmem; peer) | issue-3 target (CPU ratio) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in args.sizes:
-        c, p = by.get(("clmem", n), {}), by.get(("peer", n), {})
-        cs, ps = c.get("sequences_per_second"), p.get("sequences_per_second")
-        cc, pc = c.get("sequences_per_cpu_second"), p.get("sequences_per_cpu_second")
-        cm, pm = c.get("peak_minus_baseline_mib"), p.get("peak_minus_baseline_mib")
-        lines.append(f"| {n} | {H.fmt(cs)} | {H.fmt(ps)} | {H.fmt(_ratio(cs, ps))} | {H.fmt(cc)} | {H.fmt(pc)} "
-                     f"| {H.fmt(_ratio(cc, pc))} | {H.fmt(cm, 0)} | {H.fmt(pm, 0)} | {H.fmt(_ratio(cm, pm))} "
-                     f"| {c.get('iterations', c.get('error', '—'))}, {p.get('iterations', p.get('error', '—'))} "
-                     f"| {_target(n, _ratio(cc, pc), _ratio(cm, pm))} |")
-    lines += ["", "Fallback without a C compiler (`CLMEM_NATIVE=0`: torch ops only, same process layout):", "",
+        c, p = summary(records, "clmem", n), summary(records, "peer", n)
+        wall, cpu = round_ratios(records, n, "sequences_per_second"), round_ratios(records, n, "sequences_per_cpu_second")
+        cm, pm = c["peak_minus_baseline_mib"], p["peak_minus_baseline_mib"]
+        lines.append(f"| {n} | {H.fmt(c['sequences_per_second'])} | {H.fmt(p['sequences_per_second'])} "
+                     f"| {H.fmt(_median(wall))} | {H.fmt(c['sequences_per_cpu_second'])} "
+                     f"| {H.fmt(p['sequences_per_cpu_second'])} | {H.fmt(_median(cpu))} "
+                     f"| {', '.join(H.fmt(x) for x in cpu) or '—'} | {H.fmt(cm, 0)} | {H.fmt(pm, 0)} "
+                     f"| {H.fmt(_ratio(cm, pm))} | {c['iterations']}; {p['iterations']} "
+                     f"| {_target(n, _median(cpu), _ratio(cm, pm))} |")
+    lines += ["", "Fallback without a C compiler (`CLMEM_NATIVE=0`: torch ops only, one process per N, measured in "
+              "the first round): ratio against the first round's peer.", "",
               "| N | clmem-torch seq/s | clmem-torch seq/CPU-s | ratio vs peer (CPU) | peak MiB |", "|---|---|---|---|---|"]
     for n in args.sizes:
-        t, p = by.get(("clmem-torch", n), {}), by.get(("peer", n), {})
-        tc = t.get("sequences_per_cpu_second")
-        lines.append(f"| {n} | {H.fmt(t.get('sequences_per_second'))} | {H.fmt(tc)} "
-                     f"| {H.fmt(_ratio(tc, p.get('sequences_per_cpu_second')))} "
-                     f"| {H.fmt(t.get('peak_minus_baseline_mib'), 0)} |")
+        t = summary(records, "clmem-torch", n)
+        peer0 = next((r for r in records if r["impl"] == "peer" and r["N"] == n and r.get("round", 0) == 0
+                      and "error" not in r), {})
+        tc = t["sequences_per_cpu_second"]
+        lines.append(f"| {n} | {H.fmt(t['sequences_per_second'])} | {H.fmt(tc)} "
+                     f"| {H.fmt(_ratio(tc, peer0.get('sequences_per_cpu_second')))} "
+                     f"| {H.fmt(t['peak_minus_baseline_mib'], 0)} |")
     loads = [r["load_average"][0] for r in records if "load_average" in r]
     if loads:
         lines += ["", f"Machine load: 1-minute load average {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} "
@@ -173,9 +206,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--only", choices=["clmem", "clmem-torch", "peer"], default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved clmem/peer rounds per N (median ratio)")
     parser.add_argument("--setup-peer", action="store_true", help="create benchmarks/.peer-venv and exit")
     parser.add_argument("--tag", default=None, help="write results/dnc_throughput_<tag>.{json,md} (e.g. another host)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected an integer >= 1, got {args.rounds}")
     if args.setup_peer:
         setup_peer()
         return

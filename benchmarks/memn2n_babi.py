@@ -55,6 +55,9 @@ PE_TEXT = {"paper": "J = sentence length",
            "reference": "authors' code: 1 + 4(k-(d+1)/2)(j-(J+1)/2)/(dJ), J = longest sentence or question"}
 
 
+RN_TEXT = {"ceil": "ceil(0.1 n) blanks per story", "uniform": "0..ceil(0.1 n) blanks per story, as the authors' code"}
+
+
 def default_data() -> Path:
     if os.environ.get("CLMEM_DATA"):
         return Path(os.environ["CLMEM_DATA"]) / "babi"
@@ -165,6 +168,7 @@ def run_seed(seed: int, args) -> Dict[str, object]:
     cfg = MemN2NConfig(vocab_size=len(vocab), embedding_dim=args.dim, hops=args.hops, max_memory=args.max_memory,
                        position_encoding=True, temporal_encoding=True, linear_start=args.ls_max_epochs > 0,
                        random_noise=args.random_noise, init_std=args.init_std, mask_empty=args.mask_empty,
+                       random_noise_blanks=args.rn_blanks,
                        position_words=max(train[0].shape[2], train[1].shape[1]) if args.pe == "reference" else 0)
     model = MemN2N(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
@@ -223,14 +227,24 @@ def _row(label: str, runs, cell, total: str = "") -> str:
     return f"| {label} | " + " | ".join(cell(r) for r in runs) + f" | {total} |"
 
 
+def ls_text(c: Dict[str, object]) -> str:
+    """How the LS phase of config ``c`` ends, in words."""
+    if c["ls_max_epochs"] <= 0:
+        return "No LS"
+    if c["ls_patience"] >= c["ls_max_epochs"]:
+        return f"LS: lr {c['ls_lr']} for {c['ls_max_epochs']} epochs (no early end, as the authors' code)"
+    return (f"LS: lr {c['ls_lr']} until the validation loss has no new minimum for {c['ls_patience']} epochs "
+            f"(at most {c['ls_max_epochs']})")
+
+
 def markdown(payload: Dict[str, object]) -> str:
     runs, s, c = payload["runs"], payload["summary"], payload["config"]
     lines = ["# MemN2N on bAbI en (1k), joint training over 20 tasks", "",
-             f"d={c['dim']}, {c['hops']} hops, PE ({PE_TEXT[c.get('pe', 'paper')]}) + LS + RN({c['random_noise']}), temporal "
+             f"d={c['dim']}, {c['hops']} hops, PE ({PE_TEXT[c.get('pe', 'paper')]}) + LS + RN({c['random_noise']}, "
+             f"{RN_TEXT[c.get('rn_blanks', 'ceil')]}), temporal "
              f"encoding, adjacent tying, memory {c['max_memory']} "
              f"({'empty slots masked' if c['mask_empty'] else 'null-padded, empty slots inside the softmax'}), "
-             f"init N(0, {c['init_std']}). LS: lr {c['ls_lr']} until the validation loss has no new minimum for "
-             f"{c['ls_patience']} epochs (at most {c['ls_max_epochs']}); then {c['epochs']} epochs with lr {c['lr']} "
+             f"init N(0, {c['init_std']}). {ls_text(c)}; then {c['epochs']} epochs with lr {c['lr']} "
              f"halved every {c['decay_every']} epochs. SGD, loss summed over batch {c['batch']}, clip {c['clip']}. "
              f"Host: {payload['environment']['host']}, torch threads 1. Test error (%) per task; failed = error "
              "> 5%; best seed picked by validation error.", ""]
@@ -358,6 +372,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-memory", type=int, default=50)
     p.add_argument("--random-noise", type=float, default=0.1)
+    p.add_argument("--rn-blanks", choices=["ceil", "uniform"], default="ceil",
+                   help="RN blanks per story: ceil(0.1 n) (paper text) or uniform 0..ceil(0.1 n) (authors' code)")
     p.add_argument("--init-std", type=float, default=0.1)
     p.add_argument("--pe", choices=sorted(PE_TEXT), default="paper",
                    help="position encoding: the paper's (J = each sentence's length) or the authors' code's")

@@ -128,10 +128,10 @@ class MlflowDriverCallback(tune.Callback):
     """Logs each Tune trial as a child MLflow run of the grid's parent run, from the driver."""
 
     def __init__(self, tracker: Tracker, experiment: Experiment, parent_id: str, total: int,
-                 existing: dict[str, str] | None = None, progress: Callable[[str], None] = print):
+                 existing: dict[str, tuple[str, int]] | None = None, progress: Callable[[str], None] = print):
         self.tracker, self.experiment, self.parent_id = tracker, experiment, parent_id
         self.total, self.progress = total, progress
-        self.existing = dict(existing or {})  # trial key -> run id to continue
+        self.existing = dict(existing or {})  # trial key -> (run id to continue, its last logged experience)
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.last: dict[str, dict] = {}
@@ -141,10 +141,10 @@ class MlflowDriverCallback(tune.Callback):
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
             spec = trial.config["job"]["trial"]
-            run_id = self.existing.get(spec["key"])
-            if run_id is not None:
+            if spec["key"] in self.existing:
+                run_id, logged = self.existing[spec["key"]]
                 self.tracker.reopen(run_id)
-                self.last_step[run_id] = self.tracker.last_step(run_id)
+                self.last_step[run_id] = logged
             else:
                 run_id = self.tracker.start_trial(self.parent_id, self.experiment.name, spec)
                 self.last_step[run_id] = -1
@@ -249,7 +249,8 @@ def latest_checkpoint(storage: Path, experiment: str, parent_id: str, key: str,
 
 
 def _resume_plan(experiment: Experiment, tracker: Tracker, storage: Path):
-    """(parent id, jobs still to run, existing run id per key) for ``--resume``."""
+    """(parent id, jobs still to run, {key: (run id, last logged experience)} of the interrupted trials) for
+    ``--resume``. A trial's checkpoint is capped at its last logged experience (see :func:`latest_checkpoint`)."""
     parent = tracker.find_grid(experiment)
     if parent is None:
         raise ConfigError("--resume", f"no earlier grid of experiment {experiment.name!r} with these "
@@ -261,9 +262,9 @@ def _resume_plan(experiment: Experiment, tracker: Tracker, storage: Path):
         if run.info.status == "FINISHED":
             finished.add(key)
         else:
-            existing[key] = run.info.run_id
+            existing[key] = (run.info.run_id, tracker.last_step(run.info.run_id))
     jobs = [{"trial": t, "resume_checkpoint": latest_checkpoint(
-                storage, experiment.name, parent_id, t["key"], up_to=tracker.last_step(existing[t["key"]]))
+                storage, experiment.name, parent_id, t["key"], up_to=existing[t["key"]][1])
              if t["key"] in existing else None}
             for t in experiment.trials if t["key"] not in finished]
     return parent_id, jobs, existing
@@ -276,7 +277,8 @@ def shutdown_ray(started: bool) -> None:
 
 
 def _plan(experiment: Experiment, tracker: Tracker, storage: Path, resume: bool, progress):
-    """(parent run id, jobs to run, existing run id per key): a new parent run, or the resume plan."""
+    """(parent run id, jobs to run, interrupted runs per key as in :func:`_resume_plan`): a new parent run, or
+    the resume plan."""
     if not resume:
         return tracker.start_parent(experiment, "grid"), [
             {"trial": t, "resume_checkpoint": None} for t in experiment.trials], {}

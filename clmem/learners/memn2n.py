@@ -17,9 +17,12 @@ answer logits ``[B, vocab_size]``.
   slots; slot i is the i-th most recent sentence.
 * **Linear start** (LS): while ``linear_start`` is on, the softmax of every memory layer is removed (the
   attention is the raw scores); :meth:`MemN2N.end_linear_start` puts it back.
-* **Random noise** (RN): in training, ``ceil(random_noise * n)`` empty memories are inserted at random places
-  among a story's n sentences: the sentences after a blank move one temporal index further back (indices
-  past ``max_memory - 1`` are capped), as the authors' code does it; the blanks hold nothing.
+* **Random noise** (RN): in training, empty memories are inserted at random places among a story's n
+  sentences: the sentences after a blank move one temporal index further back (indices past
+  ``max_memory - 1`` are capped), as the authors' code does it; the blanks hold nothing. How many:
+  ``random_noise_blanks = "ceil"`` inserts ``ceil(random_noise * n)`` into every story (the paper's "10%
+  empty memories"); ``"uniform"`` draws the count per story uniformly from ``0 .. ceil(random_noise * n)``,
+  as the authors' Lua/Matlab code does (``nblank = random(0, ceil(n * randomize_time))``).
 * **Empty slots**: with ``mask_empty`` (default) they are left out of the softmax; without it the memory has a
   fixed ``max_memory`` slots, the empty ones all-zero (score 0) but inside the softmax, as the paper's
   null-padded memory and the authors' code (slots past ``M`` are counted without being materialised).
@@ -34,6 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clmem.tasks._common import check_float, check_int
+
+
+NOISE_BLANKS = ("ceil", "uniform")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class MemN2NConfig:
     init_std: float = 0.1
     mask_empty: bool = True
     position_words: int = 0
+    random_noise_blanks: str = "ceil"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -62,6 +69,9 @@ class MemN2NConfig:
         check_float(owner, "random_noise", self.random_noise, 0.0, 1.0)
         check_float(owner, "init_std", self.init_std, 0.0, float("inf"), open_low=True)
         check_int(owner, "position_words", self.position_words, 0)
+        if self.random_noise_blanks not in NOISE_BLANKS:
+            raise ValueError(f"{owner}.random_noise_blanks: expected one of {', '.join(NOISE_BLANKS)}, "
+                             f"got {self.random_noise_blanks!r}")
 
 
 def position_encoding(sentence_len: int, embedding_dim: int) -> Tensor:
@@ -99,16 +109,20 @@ def encode_sentences(words: Tensor, tables: Tensor, dim: int, position: bool, fi
     return bags[: len(words)] + bags[len(words):] * k.repeat(tables.shape[1] // dim)
 
 
-def time_indices(valid: Tensor, noise: float, max_memory: int) -> Tensor:
+def time_indices(valid: Tensor, noise: float, max_memory: int, blanks: str = "ceil") -> Tensor:
     """Temporal index per slot, ``valid [B, M]`` -> ``[B, M]`` long: slot i gets i; with ``noise`` > 0 the
-    story's n sentences take a sorted random n-subset of ``0 .. n + ceil(noise * n) - 1`` (the rest are
-    blanks), capped at ``max_memory - 1``. Assumes the sentences fill slots ``0 .. n - 1``."""
+    story's n sentences take a sorted random n-subset of ``0 .. n + z - 1`` (the rest are blanks), capped at
+    ``max_memory - 1``; ``z = ceil(noise * n)`` (``blanks="ceil"``) or uniform in ``0 .. ceil(noise * n)`` per
+    story (``blanks="uniform"``). Assumes the sentences fill slots ``0 .. n - 1``."""
     batch, slots = valid.shape
     plain = torch.arange(slots, device=valid.device).expand(batch, slots)
     if noise <= 0:
         return plain
     n = valid.sum(dim=1, keepdim=True)
-    total = n + torch.ceil(n.float() * noise).long()
+    count = torch.ceil(n.float() * noise).long()
+    if blanks == "uniform":
+        count = (torch.rand(count.shape, device=valid.device) * (count + 1)).long().clamp(max=count)
+    total = n + count
     width = int(total.max()) if batch else 0
     places = torch.arange(width, device=valid.device).expand(batch, width)
     keys = torch.rand(batch, width, device=valid.device).masked_fill(places >= total, 2.0)
@@ -187,7 +201,8 @@ class MemN2N(nn.Module):
     def _hops(self, stories: Tensor, queries: Tensor, noise: float) -> Tuple[Tensor, List[Tensor]]:
         self._check(stories, queries)
         valid = stories.ne(0).any(dim=-1)
-        memory = self.memories(stories, time_indices(valid, noise, self.config.max_memory))
+        times = time_indices(valid, noise, self.config.max_memory, self.config.random_noise_blanks)
+        memory = self.memories(stories, times)
         tables = memory.unbind(dim=2)  # one backward stack instead of a zero-filled copy per slice
         u, attention = self.encode_query(queries), []
         for hop in range(self.config.hops):

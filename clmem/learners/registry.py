@@ -82,9 +82,11 @@ class MemN2NClassifier(nn.Module):
         "embedding_dim": Opt(int, 20, min=1),
         "hops": Opt(int, 3, min=1, max=10),
         "position_encoding": Opt(bool, True),
+        "position_formula": Opt(str, "paper", choices=("paper", "reference")),
         "temporal_encoding": Opt(bool, True),
         "linear_start": Opt(bool, False),
         "random_noise": Opt(float, 0.1, min=0.0, max=1.0),
+        "random_noise_blanks": Opt(str, "ceil", choices=("ceil", "uniform")),
         "init_std": Opt(float, 0.1, min=1e-6),
     },
     "end-to-end memory network (Sukhbaatar et al. 2015) on bAbI streams with encoding: memnet",
@@ -93,4 +95,7 @@ def memn2n(input_shape, num_classes, **options):
     if len(input_shape) != 2:
         raise ValueError(f"model.name: 'memn2n' expects the memnet layout (M + 1, S), got shape {tuple(input_shape)}")
     max_memory = max(1, int(input_shape[0]) - 1)
-    return MemN2NClassifier(MemN2N(vocab_size=int(num_classes), max_memory=max_memory, **options))
+    # "reference": the authors' code's PE with J = the padded sentence / question length S
+    words = int(input_shape[1]) if options.pop("position_formula", "paper") == "reference" else 0
+    return MemN2NClassifier(MemN2N(vocab_size=int(num_classes), max_memory=max_memory, position_words=words,
+                                   **options))

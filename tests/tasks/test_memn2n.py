@@ -124,6 +124,22 @@ def test_time_indices_insert_blanks_in_order_and_cap():
     assert (time_indices(valid, 0.5, 8)[0, :5] > torch.arange(5)).any()
 
 
+def test_time_indices_uniform_blank_count_spans_zero_to_ceil():
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[0, 5:] = False  # 5 sentences: ceil(0.3 * 5) = 2 blanks at most; 12 sentences: at most 4
+    torch.manual_seed(0)
+    shifts = {0: set(), 1: set()}
+    for _ in range(200):
+        times = time_indices(valid, 0.3, 50, blanks="uniform")
+        for row, n in ((0, 5), (1, 12)):
+            first = times[row, :n]
+            assert (first[1:] > first[:-1]).all() and (first >= torch.arange(n)).all()
+            shifts[row].add(int(first[-1]) - (n - 1))  # blanks inserted before the oldest sentence's index
+    assert shifts[0] == {0, 1, 2} and shifts[1] == {0, 1, 2, 3, 4}
+    fixed = {int(time_indices(valid, 0.3, 50)[0, :5].max()) - 4 for _ in range(50)}
+    assert fixed <= {0, 1, 2} and 2 in fixed  # "ceil": exactly 2 blanks, one may fall after the oldest
+
+
 def test_attend_fixed_memory_counts_empty_slots_inside_the_softmax():
     torch.manual_seed(0)
     scores, valid = torch.randn(2, 3), torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
@@ -178,6 +194,8 @@ def test_config_errors_name_the_field():
         MemN2NConfig(vocab_size=10, hops=0)
     with pytest.raises(ValueError, match="MemN2NConfig.random_noise"):
         MemN2NConfig(vocab_size=10, random_noise=2.0)
+    with pytest.raises(ValueError, match="MemN2NConfig.random_noise_blanks: expected one of ceil, uniform"):
+        MemN2NConfig(vocab_size=10, random_noise_blanks="half")
     with pytest.raises(ValueError, match="max_memory"):
         MemN2N(vocab_size=10, max_memory=2)(torch.ones(1, 3, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
 
@@ -205,3 +223,14 @@ def test_sequence_learners_return_logits_and_train_on_copy():
     assert loss.item() < first
     with pytest.raises(ValueError, match="sequence learner kind"):
         make_sequence_learner("gru", 2, 2)
+
+
+def test_registry_position_formula_reference_uses_the_padded_width():
+    from clmem.learners.registry import MODELS
+
+    build = MODELS.get("memn2n").builder
+    assert build((6, 7), 30).memn2n.config.position_words == 0
+    net = build((6, 7), 30, position_formula="reference", embedding_dim=4)
+    assert net.memn2n.config.position_words == 7 and net.memn2n.config.embedding_dim == 4
+    x = torch.randint(1, 30, (2, 6, 7))
+    assert net(x).shape == (2, 30)
