@@ -64,7 +64,7 @@ PE_TEXT = {"paper": "J = sentence length",
            "reference": "authors' code: 1 + 4(k-(d+1)/2)(j-(J+1)/2)/(dJ), J = longest sentence or question"}
 
 
-RN_TEXT = {"ceil": "ceil(0.1 n) blanks per story", "uniform": "0..ceil(0.1 n) blanks per story, as the authors' code"}
+RN_TEXT = {"ceil": "ceil({} n) blanks per story", "uniform": "0..ceil({} n) blanks per story, as the authors' code"}
 
 
 def default_data() -> Path:
@@ -253,7 +253,7 @@ def markdown(payload: Dict[str, object]) -> str:
         f"task(s) {', '.join(map(str, TASKS))} only (a probe, not the paper's joint setting)")
     lines = [f"# MemN2N on bAbI en (1k), {title}", "",
              f"d={c['dim']}, {c['hops']} hops, PE ({PE_TEXT[c.get('pe', 'paper')]}) + LS + RN({c['random_noise']}, "
-             f"{RN_TEXT[c.get('rn_blanks', 'ceil')]}), temporal "
+             f"{RN_TEXT[c.get('rn_blanks', 'ceil')].format(c['random_noise'])}), temporal "
              f"encoding, adjacent tying, memory {c['max_memory']} "
              f"({'empty slots masked' if c['mask_empty'] else 'null-padded, empty slots inside the softmax'}), "
              f"init N(0, {c['init_std']}). {ls_text(c)}; then {c['epochs']} epochs with lr {c['lr']} "
@@ -302,7 +302,7 @@ def write(name: str, payload: Dict[str, object]) -> None:
 def merge(tags: List[str], note: str, into: str = "memn2n_babi") -> None:
     global TASKS
     parts = [json.loads((RESULTS / f"memn2n_babi_{tag}.json").read_text()) for tag in tags]
-    TASKS = parts[0]["config"].get("tasks", ALL_TASKS)
+    TASKS = sorted(set(parts[0]["config"].get("tasks", ALL_TASKS)))
     runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["seed"])
     for r in runs:
         r["test_error_per_task"] = {int(k): v for k, v in r["test_error_per_task"].items()}

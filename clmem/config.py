@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES, TRAINING_OPTIONS
-from clmem.options import ConfigError, Opt, defaults, flatten  # noqa: F401  (flatten: re-exported)
+from clmem.options import ConfigError, Opt, defaults
 from clmem.registry import Registry
 
 TOP_LEVEL = ("name", "description", "benchmark", "model", "strategy", "seeds", "resources",
