@@ -72,9 +72,12 @@ void link_forward_##S(int64_t M, int64_t N, int64_t R, const T* prev, T* out, co
     if (v) memset(b + m * R * N, 0, sizeof(T) * R * N);                                                   \
     for (int64_t i = 0; i < N; ++i) {                                                                     \
       const T wi = wm[i], a = (T)1 - wi; const T* Pi = P + i * N; T* Oi = O + i * N;                      \
-      _Pragma("omp simd")                                                                                 \
-      for (int64_t j = 0; j < N; ++j) Oi[j] = (a - wm[j]) * Pi[j] + wi * pm[j];                          \
-      Oi[i] = 0;                                                                                           \
+      const T lii = (a - wm[i]) * Pi[i] + wi * pm[i];  /* before an in-place update overwrites P[i, i] */     \
+      if (!v || R == 0) {                                                                                 \
+        _Pragma("omp simd")                                                                               \
+        for (int64_t j = 0; j < N; ++j) Oi[j] = (a - wm[j]) * Pi[j] + wi * pm[j];                        \
+        Oi[i] = 0;                                                                                        \
+      }                                                                                                   \
       for (int64_t g0 = 0; v && g0 < R; g0 += 4) {                                                        \
         const T* vs[4]; T* bs[4]; T c[4];                                                                 \
         heads_##S(R, N, g0, v + m * R * N, junk, zero, vs, bs);                                           \
@@ -82,11 +85,24 @@ void link_forward_##S(int64_t M, int64_t N, int64_t R, const T* prev, T* out, co
         const T *v0 = vs[0], *v1 = vs[1], *v2 = vs[2], *v3 = vs[3];                                       \
         T *b0 = bs[0], *b1 = bs[1], *b2 = bs[2], *b3 = bs[3];                                             \
         T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                                 \
-        _Pragma("omp simd reduction(+:a0, a1, a2, a3)")                                                   \
-        for (int64_t j = 0; j < N; ++j) {                                                                 \
-          const T x = Oi[j];                                                                              \
-          a0 += x * v0[j]; a1 += x * v1[j]; a2 += x * v2[j]; a3 += x * v3[j];                             \
-          b0[j] += c[0] * x; b1[j] += c[1] * x; b2[j] += c[2] * x; b3[j] += c[3] * x;                     \
+        if (g0 == 0) {  /* the update and the first 4 heads in one loop; the diagonal's terms taken out after \
+                           it (a select in the loop would become slow masked loads) */                    \
+          _Pragma("omp simd reduction(+:a0, a1, a2, a3)")                                                 \
+          for (int64_t j = 0; j < N; ++j) {                                                               \
+            const T x = (a - wm[j]) * Pi[j] + wi * pm[j];                                                 \
+            Oi[j] = x;                                                                                    \
+            a0 += x * v0[j]; a1 += x * v1[j]; a2 += x * v2[j]; a3 += x * v3[j];                           \
+            b0[j] += c[0] * x; b1[j] += c[1] * x; b2[j] += c[2] * x; b3[j] += c[3] * x;                   \
+          }                                                                                               \
+          Oi[i] = 0; a0 -= lii * v0[i]; a1 -= lii * v1[i]; a2 -= lii * v2[i]; a3 -= lii * v3[i];          \
+          for (int k = 0; k < 4; ++k) bs[k][i] -= c[k] * lii;                                             \
+        } else {                                                                                          \
+          _Pragma("omp simd reduction(+:a0, a1, a2, a3)")                                                 \
+          for (int64_t j = 0; j < N; ++j) {                                                               \
+            const T x = Oi[j];                                                                            \
+            a0 += x * v0[j]; a1 += x * v1[j]; a2 += x * v2[j]; a3 += x * v3[j];                           \
+            b0[j] += c[0] * x; b1[j] += c[1] * x; b2[j] += c[2] * x; b3[j] += c[3] * x;                   \
+          }                                                                                               \
         }                                                                                                 \
         const T acc[4] = {a0, a1, a2, a3};                                                                \
         for (int k = 0; k < 4 && g0 + k < R; ++k) f[(m * R + g0 + k) * N + i] = acc[k];                   \
@@ -124,7 +140,7 @@ void link_backward_##S(int64_t M, int64_t N, int64_t R, int64_t K, T* G, const T
         row[i] = 0;                                                                                       \
       }                                                                                                   \
       if (K) Pi = row;                                                                                    \
-      memcpy(g, Gi, sizeof(T) * N);                                                                       \
+      T* gsrc = Gi;  /* g = G[i] + read terms: the first group of heads reads G[i], later ones g */         \
       for (int64_t g0 = 0; (gf || gb) && g0 < R; g0 += 4) {                                               \
         const T* vs[4]; const T* gs[4]; T* ds[4]; T cf[4], cb[4];                                         \
         heads_##S(R, N, g0, vm, junk, zero, vs, ds);                                                      \
@@ -136,24 +152,28 @@ void link_backward_##S(int64_t M, int64_t N, int64_t R, int64_t K, T* G, const T
         }                                                                                                 \
         const T *v0 = vs[0], *v1 = vs[1], *v2 = vs[2], *v3 = vs[3];                                       \
         const T *q0 = gs[0], *q1 = gs[1], *q2 = gs[2], *q3 = gs[3];                                       \
-        T *d0 = ds[0], *d1 = ds[1], *d2 = ds[2], *d3 = ds[3];                                             \
+        T *d0 = ds[0], *d1 = ds[1], *d2 = ds[2], *d3 = ds[3]; const T* src = gsrc;                        \
         T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                                 \
+        /* L_t[i, j] recomputed without the zero diagonal (a select here became slow masked loads); the  \
+           diagonal's terms are taken out again after the loop */                                         \
         _Pragma("omp simd reduction(+:a0, a1, a2, a3)")                                                   \
         for (int64_t j = 0; j < N; ++j) {                                                                 \
-          const T lt = j == i ? (T)0 : (a - wm[j]) * Pi[j] + wi * pm[j];                                  \
-          g[j] += cf[0] * v0[j] + cf[1] * v1[j] + cf[2] * v2[j] + cf[3] * v3[j]                            \
+          const T lt = (a - wm[j]) * Pi[j] + wi * pm[j];                                                  \
+          g[j] = src[j] + cf[0] * v0[j] + cf[1] * v1[j] + cf[2] * v2[j] + cf[3] * v3[j]                    \
                 + cb[0] * q0[j] + cb[1] * q1[j] + cb[2] * q2[j] + cb[3] * q3[j];                           \
           d0[j] += cf[0] * lt; d1[j] += cf[1] * lt; d2[j] += cf[2] * lt; d3[j] += cf[3] * lt;             \
           a0 += q0[j] * lt; a1 += q1[j] * lt; a2 += q2[j] * lt; a3 += q3[j] * lt;                         \
         }                                                                                                 \
-        const T acc[4] = {a0, a1, a2, a3};                                                                \
-        for (int k = 0; k < 4; ++k) ds[k][i] += acc[k];                                                   \
+        const T lii = (a - wm[i]) * Pi[i] + wi * pm[i];                                                   \
+        const T acc[4] = {a0 - q0[i] * lii, a1 - q1[i] * lii, a2 - q2[i] * lii, a3 - q3[i] * lii};        \
+        for (int k = 0; k < 4; ++k) { ds[k][i] += acc[k] - cf[k] * lii; }                                 \
+        gsrc = g;                                                                                         \
       }                                                                                                   \
-      g[i] = 0;                                                                                           \
+      T* gi = (T*)gsrc; gi[i] = 0;                                                                        \
       T row = 0;                                                                                          \
       _Pragma("omp simd reduction(+:row)")                                                                \
       for (int64_t j = 0; j < N; ++j) {                                                                   \
-        const T gj = g[j];                                                                                \
+        const T gj = gi[j];                                                                               \
         dpm[j] += wi * gj; row += gj * (pm[j] - Pi[j]); dwc[j] += gj * Pi[j]; Gi[j] = (a - wm[j]) * gj;   \
       }                                                                                                   \
       dwm[i] = row;                                                                                       \
