@@ -15,7 +15,7 @@ so clmem's core uses ``output_size=10`` too.
 ``clmem`` is the default build (optional C kernels ``_native_dnc``/``_native_link`` compiled on first use);
 ``clmem-torch`` the same core with ``CLMEM_NATIVE=0`` (torch ops only, the fallback without a C compiler).
 
-Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--rounds 3] [--only clmem|clmem-torch|peer]
+Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--rounds 5] [--only clmem|clmem-torch|peer]
 [--tag T]``
 writes ``benchmarks/results/dnc_throughput.{json,md}``.
 """
@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--only", choices=["clmem", "clmem-torch", "peer"], default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved clmem/peer rounds per N (median ratio)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved clmem/peer rounds per N (median ratio)")
     parser.add_argument("--setup-peer", action="store_true", help="create benchmarks/.peer-venv and exit")
     parser.add_argument("--tag", default=None, help="write results/dnc_throughput_<tag>.{json,md} (e.g. another host)")
     args = parser.parse_args()
