@@ -17,12 +17,14 @@ so clmem's core uses ``output_size=10`` too.
 
 Usage: ``python benchmarks/dnc_throughput.py [--quick] [--sizes 64 256 1024] [--rounds 5] [--only clmem|clmem-torch|peer]
 [--tag T]``
-writes ``benchmarks/results/dnc_throughput.{json,md}``.
+writes ``benchmarks/results/dnc_throughput[_T].{json,md}``; ``--render [--tag T]`` rewrites only the Markdown from the
+JSON (after a change of the table's format; measures nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -124,8 +126,10 @@ def round_ratios(records: List[Dict[str, Any]], n: int, key: str) -> List[float]
     return [by[("clmem", rnd)][key] / by[("peer", rnd)][key] for rnd in rounds]
 
 
-def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
+def markdown(records: List[Dict[str, Any]], args: argparse.Namespace, env: Dict[str, Any]) -> str:
     lines = ["# DNC training throughput: clmem `DNCCore` vs pytorch-dnc 1.1.0", "",
+             f"Host: {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, torch {env.get('torch', '?')}; "
+             f"finished {env.get('date', '?')}.", "",
              f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, length {H.LENGTH} "
              f"({H.STEPS} steps); forward + backward + Adam; {args.threads} thread(s); one process per measurement. "
              f"{args.rounds} round(s) per N, each round measuring clmem then the peer, so that a ratio compares two "
@@ -160,7 +164,7 @@ def markdown(records: List[Dict[str, Any]], args: argparse.Namespace) -> str:
                      f"| {H.fmt(t['peak_minus_baseline_mib'], 0)} |")
     loads = [r["load_average"][0] for r in records if "load_average" in r]
     if loads:
-        lines += ["", f"Machine load: 1-minute load average {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} "
+        lines += ["", f"Machine load: 1-minute load average {min(loads):.1f} to {max(loads):.1f} on {env.get('cpus')} "
                   "CPUs while the rows ran (other jobs share the machine; wall-clock ratios are noisier than CPU)."]
     return "\n".join(lines) + "\n" + NOTES
 
@@ -209,11 +213,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved clmem/peer rounds per N (median ratio)")
     parser.add_argument("--setup-peer", action="store_true", help="create benchmarks/.peer-venv and exit")
     parser.add_argument("--tag", default=None, help="write results/dnc_throughput_<tag>.{json,md} (e.g. another host)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite the Markdown from the JSON of --tag (after a format change)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds: expected an integer >= 1, got {args.rounds}")
     if args.setup_peer:
         setup_peer()
+        return
+    name = "dnc_throughput" + (f"_{args.tag}" if args.tag else "")
+    if args.render:
+        render(name)
         return
     records = []
     for spec in plan(args):
@@ -224,8 +234,21 @@ def main() -> None:
             record = H.run_child(python, __file__, spec, timeout_s=300)
         print(record, flush=True)
         records.append(record)
-    name = "dnc_throughput" + (f"_{args.tag}" if args.tag else "")
-    H.write_results(name, {"environment": H.environment(), "records": records}, markdown(records, args))
+    env = H.environment()
+    H.write_results(name, {"environment": env, "records": records}, markdown(records, args, env))
+
+
+def render(name: str) -> None:
+    """Rewrite ``results/<name>.md`` from ``results/<name>.json`` (sizes, rounds and threads from its records)."""
+    path = H.RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"dnc_throughput --render: {path} not found (measure first, with the same --tag)")
+    data = json.loads(path.read_text())
+    records = data["records"]
+    rounds = 1 + max(r.get("round", 0) for r in records)
+    args = argparse.Namespace(sizes=sorted({r["N"] for r in records}), rounds=rounds,
+                              threads=records[0].get("threads", 1))
+    (H.RESULTS / f"{name}.md").write_text(markdown(records, args, data.get("environment", {})))
 
 
 if __name__ == "__main__":
