@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _harness as H  # noqa: E402
 
-from clmem.learners.memn2n import MemN2N, MemN2NConfig  # noqa: E402
+from clmem.learners.memn2n import NOISE_BLANKS, MemN2N, MemN2NConfig  # noqa: E402
 from clmem.tasks.babi import Vocabulary, encode_memnet, load_babi  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -392,7 +392,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-memory", type=int, default=50)
     p.add_argument("--random-noise", type=float, default=0.1)
-    p.add_argument("--rn-blanks", choices=["ceil", "uniform"], default="ceil",
+    p.add_argument("--rn-blanks", choices=NOISE_BLANKS, default="ceil",
                    help="RN blanks per story: ceil(0.1 n) (paper text) or uniform 0..ceil(0.1 n) (authors' code)")
     p.add_argument("--init-std", type=float, default=0.1)
     p.add_argument("--pe", choices=sorted(PE_TEXT), default="reference",

@@ -18,7 +18,7 @@ from clmem.memory.controller import CONTROLLER_KINDS
 from clmem.models import MODELS
 from clmem.options import Opt
 
-from .memn2n import MemN2N
+from .memn2n import NOISE_BLANKS, MemN2N
 from .sequence import CORES, make_sequence_learner
 
 __all__ = ["MemN2NClassifier", "SEQUENCE_LEARNERS"]
@@ -86,7 +86,7 @@ class MemN2NClassifier(nn.Module):
         "temporal_encoding": Opt(bool, True),
         "linear_start": Opt(bool, False),
         "random_noise": Opt(float, 0.1, min=0.0, max=1.0),
-        "random_noise_blanks": Opt(str, "ceil", choices=("ceil", "uniform")),
+        "random_noise_blanks": Opt(str, "ceil", choices=NOISE_BLANKS),
         "init_std": Opt(float, 0.1, min=1e-6),
     },
     "end-to-end memory network (Sukhbaatar et al. 2015) on bAbI streams with encoding: memnet",

@@ -169,7 +169,7 @@ void link_backward_##S(int64_t M, int64_t N, int64_t R, int64_t K, T* G, const T
         for (int k = 0; k < 4; ++k) { ds[k][i] += acc[k] - cf[k] * lii; }                                 \
         gsrc = g;                                                                                         \
       }                                                                                                   \
-      T* gi = (T*)gsrc; gi[i] = 0;                                                                        \
+      T* gi = gsrc; gi[i] = 0;                                                                            \
       T row = 0;                                                                                          \
       _Pragma("omp simd reduction(+:row)")                                                                \
       for (int64_t j = 0; j < N; ++j) {                                                                   \
