@@ -142,7 +142,7 @@ class PreLink(torch.autograd.Function):
         outs = [du0, f[0], dV, dM0, f[1], f[2], f[3], f[4], f[5], f[6], dp0]
         grads = [g.contiguous() for g in (Gu, Gw, GM, Gp)]
         _call("pre_backward", M0, sizes, strides, eps, ww0, V, M0, p0, *_fields(act, offsets), w, sv, knorm, idx,
-              *grads, outs, M0.new_empty(5 * N + 2 * R))
+              *grads, outs, M0.new_empty((7 + R) * N))
         return du0, None, dV, dM0, dp0, dact, None, None
 
 
@@ -174,5 +174,5 @@ class PostLink(torch.autograd.Function):
         drk, drs, dmd = _fields(dact, offsets)
         rk, rs, md = _fields(act, offsets)
         _call("post_backward", M, sizes, strides, eps, M, rk, rs, fw, bw, md, V, sv, mnorm, knorm,
-              GV.contiguous(), Grw.contiguous(), [dM, drk, drs, dfw, dbw, dmd], M.new_empty(R * N + N))
+              GV.contiguous(), Grw.contiguous(), [dM, drk, drs, dfw, dbw, dmd], M.new_empty((3 * R + 1) * N))
         return dM, dact, dfw, dbw, None, None

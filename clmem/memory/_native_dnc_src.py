@@ -3,59 +3,177 @@ instantiated for float32 and float64."""
 
 from . import _native_link as build
 
+_PRELUDE = r"""
+/* 32-byte vectors (GCC/Clang vector extensions; split into halves where the target is narrower) */
+typedef float vec_f32 __attribute__((vector_size(32)));
+typedef double vec_f64 __attribute__((vector_size(32)));
+typedef int32_t ivec_f32 __attribute__((vector_size(32)));
+#define SHUF __builtin_shufflevector
+
+/* lane i of the result: the sum of the lanes of a[i] (8 vectors of 8 floats) */
+static inline vec_f32 hsums_f32(const vec_f32* a) {
+  vec_f32 s[4], t[2];
+  for (int i = 0; i < 4; ++i)
+    s[i] = SHUF(a[2 * i], a[2 * i + 1], 0, 2, 8, 10, 4, 6, 12, 14) + SHUF(a[2 * i], a[2 * i + 1], 1, 3, 9, 11, 5, 7, 13, 15);
+  for (int i = 0; i < 2; ++i)
+    t[i] = SHUF(s[2 * i], s[2 * i + 1], 0, 2, 8, 10, 4, 6, 12, 14) + SHUF(s[2 * i], s[2 * i + 1], 1, 3, 9, 11, 5, 7, 13, 15);
+  return SHUF(t[0], t[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(t[0], t[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* the same for 4 vectors of 4 doubles */
+static inline vec_f64 hsums_f64(const vec_f64* a) {
+  const vec_f64 s0 = SHUF(a[0], a[1], 0, 4, 2, 6) + SHUF(a[0], a[1], 1, 5, 3, 7);
+  const vec_f64 s1 = SHUF(a[2], a[3], 0, 4, 2, 6) + SHUF(a[2], a[3], 1, 5, 3, 7);
+  return SHUF(s0, s1, 0, 1, 4, 5) + SHUF(s0, s1, 2, 3, 6, 7);
+}
+
+/* x[i] = exp(x[i]) for x <= 0 (softmax inputs after subtracting the maximum). float: Cephes' expf polynomial on
+   8 lanes (range reduction by n ln 2, |error| about 1 ulp; exp(x) < 2^-125 flushed to 0); double: libm's exp */
+static void exp_nonpositive_f32(int64_t n, float* restrict x) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    vec_f32 v; memcpy(&v, x + i, sizeof v);
+    const ivec_f32 tiny = v < -87.0f;
+    v = (vec_f32)((ivec_f32)v & ~tiny);
+    const ivec_f32 k = __builtin_convertvector(v * 1.44269504088896341f - 0.5f, ivec_f32);  /* round(v / ln 2) */
+    const vec_f32 kf = __builtin_convertvector(k, vec_f32);
+    const vec_f32 r = (v - kf * 0.693359375f) + kf * 2.12194440e-4f;  /* v - k ln 2 in two parts */
+    vec_f32 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f; p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f; p = p * r * r + r + 1.0f;
+    v = (vec_f32)((ivec_f32)(p * (vec_f32)((k + 127) << 23)) & ~tiny);
+    memcpy(x + i, &v, sizeof v);
+  }
+  for (; i < n; ++i) x[i] = expf(x[i]);
+}
+
+static void exp_nonpositive_f64(int64_t n, double* restrict x) {
+  for (int64_t i = 0; i < n; ++i) x[i] = exp(x[i]);
+}
+"""
+
 _BODY = r"""
+/* rows are walked in chunks of VL elements with a scalar tail, so any W works */
+enum { VL_@S = 32 / sizeof(@T) };
+static inline vec_@S ld_@S(const @T* p) { vec_@S v; memcpy(&v, p, sizeof v); return v; }
+static inline void st_@S(@T* p, vec_@S v) { memcpy(p, &v, sizeof v); }
+
+/* a . b over W elements */
+static inline @T dot_@S(int64_t W, const @T* restrict a, const @T* restrict b) {
+  vec_@S acc = {0}; @T s = 0; int64_t j = 0;
+  for (; j + VL_@S <= W; j += VL_@S) acc += ld_@S(a + j) * ld_@S(b + j);
+  for (int i = 0; i < VL_@S; ++i) s += acc[i];
+  for (; j < W; ++j) s += a[j] * b[j];
+  return s;
+}
+
+/* out[n] = k . M[n] (k NULL: M[n] . M[n]) for the N rows of M [N, W]: VL rows at a time into one vector of sums */
+static void row_dots_@S(int64_t N, int64_t W, const @T* restrict M, const @T* restrict k, @T* restrict out) {
+  int64_t n = 0;
+  for (; n + VL_@S <= N; n += VL_@S) {
+    vec_@S acc[VL_@S], tail = {0}; int64_t j = 0;
+    for (int i = 0; i < VL_@S; ++i) acc[i] = (vec_@S){0};
+    for (; j + VL_@S <= W; j += VL_@S)
+      for (int i = 0; i < VL_@S; ++i) {
+        const vec_@S x = ld_@S(M + (n + i) * W + j);
+        acc[i] += x * (k ? ld_@S(k + j) : x);
+      }
+    for (; j < W; ++j)
+      for (int i = 0; i < VL_@S; ++i) tail[i] += M[(n + i) * W + j] * (k ? k[j] : M[(n + i) * W + j]);
+    st_@S(out + n, hsums_@S(acc) + tail);
+  }
+  for (; n < N; ++n) out[n] = dot_@S(W, M + n * W, k ? k : M + n * W);
+}
+
+/* out[h] = sum_n v[h * vs + n] M[n] (add: out[h] +=) for out [H, W], M [N, W]: four heads per pass over M */
+static void rows_combine_@S(int64_t N, int64_t W, int64_t H, const @T* restrict v, int64_t vs,
+                            const @T* restrict M, @T* restrict out, int add) {
+  int64_t h = 0;
+  for (; h + 4 <= H; h += 4) {
+    const @T *v0 = v + h * vs, *v1 = v0 + vs, *v2 = v1 + vs, *v3 = v2 + vs; int64_t j = 0;
+    for (; j + VL_@S <= W; j += VL_@S) {
+      @T* o = out + h * W + j; vec_@S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+      for (int64_t n = 0; n < N; ++n) {
+        const vec_@S m = ld_@S(M + n * W + j);
+        a0 += v0[n] * m; a1 += v1[n] * m; a2 += v2[n] * m; a3 += v3[n] * m;
+      }
+      if (add) { a0 += ld_@S(o); a1 += ld_@S(o + W); a2 += ld_@S(o + 2 * W); a3 += ld_@S(o + 3 * W); }
+      st_@S(o, a0); st_@S(o + W, a1); st_@S(o + 2 * W, a2); st_@S(o + 3 * W, a3);
+    }
+    for (; j < W; ++j)
+      for (int64_t q = h; q < h + 4; ++q) {
+        @T a = add ? out[q * W + j] : 0;
+        for (int64_t n = 0; n < N; ++n) a += v[q * vs + n] * M[n * W + j];
+        out[q * W + j] = a;
+      }
+  }
+  for (; h < H; ++h)
+    for (int64_t j = 0; j < W; ++j) {
+      @T a = add ? out[h * W + j] : 0;
+      for (int64_t n = 0; n < N; ++n) a += v[h * vs + n] * M[n * W + j];
+      out[h * W + j] = a;
+    }
+}
+
 /* content lookup of H keys (key h at keys + h * kh) on M [N, W]: c, sim, den [H, N], mnorm [N], knorm [H] */
 static void content_fwd_@S(int64_t N, int64_t W, int64_t H, const @T* restrict M, const @T* restrict keys, int64_t kh,
                            const @T* restrict str, @T eps, @T* restrict c, @T* restrict sim, @T* restrict den,
                                @T* restrict mnorm, @T* restrict knorm) {
-  for (int64_t n = 0; n < N; ++n) {
-    @T s = 0; for (int64_t j = 0; j < W; ++j) s += M[n * W + j] * M[n * W + j];
-    mnorm[n] = @SQRT(s + eps);
-  }
+  row_dots_@S(N, W, M, NULL, mnorm);
+  for (int64_t n = 0; n < N; ++n) mnorm[n] = @SQRT(mnorm[n] + eps);
   for (int64_t h = 0; h < H; ++h) {
-    const @T* k = keys + h * kh; @T s = 0, mx = -INFINITY, z = 0;
-    for (int64_t j = 0; j < W; ++j) s += k[j] * k[j];
-    knorm[h] = @SQRT(s + eps);
-    @T* ch = c + h * N; @T* sh = sim + h * N; @T* dh = den + h * N;
-    for (int64_t n = 0; n < N; ++n) {
-      @T dot = 0;
-      _Pragma("omp simd reduction(+:dot)")
-      for (int64_t j = 0; j < W; ++j) dot += k[j] * M[n * W + j];
-      sh[n] = dot;
-    }
+    const @T* k = keys + h * kh; @T* ch = c + h * N; @T* sh = sim + h * N; @T* dh = den + h * N; @T mx = -INFINITY, z = 0;
+    knorm[h] = @SQRT(dot_@S(W, k, k) + eps);
+    row_dots_@S(N, W, M, k, sh);
     for (int64_t n = 0; n < N; ++n) {
       dh[n] = knorm[h] * mnorm[n] + eps; sh[n] /= dh[n]; ch[n] = sh[n] * str[h];
       mx = ch[n] > mx ? ch[n] : mx;
     }
-    for (int64_t n = 0; n < N; ++n) { ch[n] = @EXP(ch[n] - mx); z += ch[n]; }
+    for (int64_t n = 0; n < N; ++n) ch[n] -= mx;
+    exp_nonpositive_@S(N, ch);
+    for (int64_t n = 0; n < N; ++n) z += ch[n];
     for (int64_t n = 0; n < N; ++n) ch[n] /= z;
   }
 }
 
-/* backward of content_fwd for incoming dc [H, N]: dM [N, W] += ..., dkeys [H, W] and dstr [H] written */
+/* backward of content_fwd for incoming dc [H, N]: dkeys [H, W] and dstr [H] written; dM [N, W] += ..., or with
+   V [H, N] and G [H, W] dM = V^T G + ...; scratch gm [N], gd [H, N] */
 static void content_bwd_@S(int64_t N, int64_t W, int64_t H, const @T* restrict M, const @T* restrict keys, int64_t kh,
                            const @T* restrict str, const @T* restrict c, const @T* restrict sim,
                                const @T* restrict den, const @T* restrict mnorm,
-                           const @T* restrict knorm, const @T* restrict dc, @T* restrict dM, @T* restrict dkeys,
-                               @T* restrict dstr, @T* restrict gm) {
+                           const @T* restrict knorm, const @T* restrict dc, const @T* restrict V,
+                               const @T* restrict G, @T* restrict dM, @T* restrict dkeys,
+                           @T* restrict dstr, @T* restrict gm, @T* restrict gd) {
   memset(gm, 0, sizeof(@T) * N);
-  for (int64_t h = 0; h < H; ++h) {
-    const @T* k = keys + h * kh; const @T* ch = c + h * N; const @T* dch = dc + h * N;
-    @T* dk = dkeys + h * W; @T dot = 0, db = 0, gkn = 0;
+  for (int64_t h = 0; h < H; ++h) {  /* per head over n: the gradients of the dot products (gd) and of the norms */
+    const @T* ch = c + h * N; const @T* dch = dc + h * N; const @T* sh = sim + h * N; const @T* dh = den + h * N;
+    @T* gdh = gd + h * N; @T dot = 0, db = 0, gkn = 0;
     for (int64_t n = 0; n < N; ++n) dot += dch[n] * ch[n];
-    for (int64_t j = 0; j < W; ++j) dk[j] = 0;
     for (int64_t n = 0; n < N; ++n) {
-      const @T gl = ch[n] * (dch[n] - dot), s = sim[h * N + n];
-      const @T gdot = gl * str[h] / den[h * N + n], gden = -gdot * s;
-      db += gl * s; gkn += gden * mnorm[n]; gm[n] += gden * knorm[h];
-      for (int64_t j = 0; j < W; ++j) { dk[j] += gdot * M[n * W + j]; dM[n * W + j] += gdot * k[j]; }
+      const @T gl = ch[n] * (dch[n] - dot), gdot = gl * str[h] / dh[n], gden = -gdot * sh[n];
+      db += gl * sh[n]; gkn += gden * mnorm[n]; gm[n] += gden * knorm[h]; gdh[n] = gdot;
     }
     dstr[h] = db;
-    for (int64_t j = 0; j < W; ++j) dk[j] += k[j] * gkn / knorm[h];
+    const @T* k = keys + h * kh; @T* dk = dkeys + h * W; const @T f = gkn / knorm[h];
+    for (int64_t j = 0; j < W; ++j) dk[j] = k[j] * f;
   }
-  for (int64_t n = 0; n < N; ++n) {
-    const @T f = gm[n] / mnorm[n];
-    for (int64_t j = 0; j < W; ++j) dM[n * W + j] += M[n * W + j] * f;
+  rows_combine_@S(N, W, H, gd, N, M, dkeys, 1);
+  for (int64_t n = 0; n < N; ++n) {  /* one pass over the rows: dM (+)= V^T G + gd^T keys + M gm / mnorm */
+    const @T* m = M + n * W; @T* dm = dM + n * W; const @T f = gm[n] / mnorm[n]; int64_t j = 0;
+    for (; j + VL_@S <= W; j += VL_@S) {
+      vec_@S acc = ld_@S(m + j) * f;
+      if (V) for (int64_t h = 0; h < H; ++h) acc += V[h * N + n] * ld_@S(G + h * W + j);
+      else acc += ld_@S(dm + j);
+      for (int64_t h = 0; h < H; ++h) acc += gd[h * N + n] * ld_@S(keys + h * kh + j);
+      st_@S(dm + j, acc);
+    }
+    for (; j < W; ++j) {
+      @T acc = m[j] * f;
+      if (V) for (int64_t h = 0; h < H; ++h) acc += V[h * N + n] * G[h * W + j];
+      else acc += dm[j];
+      for (int64_t h = 0; h < H; ++h) acc += gd[h * N + n] * keys[h * kh + j];
+      dm[j] = acc;
+    }
   }
 }
 
@@ -92,11 +210,12 @@ void pre_forward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* s
     @T* s9 = sv + b * 9 * N; @T *kept = s9, *ret = s9 + N, *c = s9 + 2 * N, *sim = s9 + 3 * N;
     @T *den = s9 + 4 * N, *mn = s9 + 5 * N, *a = s9 + 6 * N, *ss = s9 + 7 * N, *ex = s9 + 8 * N;
     @T* ub = u + b * N; @T* wb = w + b * N; int64_t* ib = idx + b * N;
+    for (int64_t n = 0; n < N; ++n) ret[n] = 1;
+    for (int64_t h = 0; h < R; ++h)
+      for (int64_t n = 0; n < N; ++n) ret[n] *= 1 - f[h] * Vb[h * N + n];
     for (int64_t n = 0; n < N; ++n) {
-      const @T wr = ww0[b * N + n]; @T r = 1;
-      kept[n] = wr + u0[b * N + n] * (1 - wr);
-      for (int64_t h = 0; h < R; ++h) r *= 1 - f[h] * Vb[h * N + n];
-      ret[n] = r; ub[n] = kept[n] * r; ss[n] = eps + (1 - eps) * ub[n];
+      const @T wr = ww0[b * N + n];
+      kept[n] = wr + u0[b * N + n] * (1 - wr); ub[n] = kept[n] * ret[n]; ss[n] = eps + (1 - eps) * ub[n];
     }
     for (int64_t n = 0; n < N; ++n) a[n] = ss[n];
     argsort_@S(N, a, ib, tmp);
@@ -110,9 +229,10 @@ void pre_forward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* s
     for (int64_t n = 0; n < N; ++n) { wb[n] = gW * (c[n] + gA * (a[n] - c[n])); sw += wb[n]; }
     for (int64_t n = 0; n < N; ++n) p[b * N + n] = (1 - sw) * p0[b * N + n] + wb[n];
     const @T* e_ = er + b * st[5]; const @T* v_ = wv + b * st[6];
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < W; ++j)
-        M[(b * N + n) * W + j] = M0b[n * W + j] * (1 - wb[n] * e_[j]) + wb[n] * v_[j];
+    for (int64_t n = 0; n < N; ++n) {
+      @T* mo = M + (b * N + n) * W; const @T* mi = M0b + n * W; const @T wn = wb[n];
+      for (int64_t j = 0; j < W; ++j) mo[j] = mi[j] * (1 - wn * e_[j]) + wn * v_[j];
+    }
   }
   FTZ_END
 }
@@ -129,8 +249,8 @@ void pre_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
                      const @T* restrict GM, const @T* restrict Gp, @T** out, @T* restrict scratch) {
   FTZ_BEGIN
   const @T eps = (@T)eps_;
-  @T *dw = scratch, *dc = scratch + N, *da = scratch + 2 * N, *gm = scratch + 3 * N, *phi = scratch + 4 * N;
-  @T *pre = phi + R;
+  @T *dw = scratch, *dc = scratch + N, *da = scratch + 2 * N, *gm = scratch + 3 * N, *gd = scratch + 4 * N;
+  @T *du = scratch + 5 * N, *run = scratch + 6 * N, *pre = scratch + 7 * N;  /* pre [R, N] */
   for (int64_t b = 0; b < B; ++b) {
     const @T* s9 = sv + b * 9 * N; const @T *kept = s9, *ret = s9 + N, *c = s9 + 2 * N, *sim = s9 + 3 * N;
     const @T *den = s9 + 4 * N, *mn = s9 + 5 * N, *a = s9 + 6 * N, *ss = s9 + 7 * N, *ex = s9 + 8 * N;
@@ -146,14 +266,20 @@ void pre_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
       dw[n] = Gw[b * N + n] + Gp[b * N + n] - gp;
     }
     for (int64_t j = 0; j < W; ++j) { de[j] = 0; dv[j] = 0; }
-    for (int64_t n = 0; n < N; ++n) {
-      @T acc = 0; const @T* g = GM + (b * N + n) * W;
-      for (int64_t j = 0; j < W; ++j) {
-        const @T gm0 = g[j] * M0b[n * W + j];
-        dM0[n * W + j] = g[j] * (1 - wb[n] * e_[j]);
-        acc += g[j] * v_[j] - gm0 * e_[j]; de[j] -= wb[n] * gm0; dv[j] += wb[n] * g[j];
+    for (int64_t n = 0; n < N; ++n) {  /* erase-and-write: dw += g . (v - M0 e), de -= w g M0, dv += w g */
+      const @T* g = GM + (b * N + n) * W; const @T* m0 = M0b + n * W; @T* dm = dM0 + n * W;
+      const @T wn = wb[n]; vec_@S acc = {0}; int64_t j = 0;
+      for (; j + VL_@S <= W; j += VL_@S) {
+        const vec_@S gj = ld_@S(g + j), ej = ld_@S(e_ + j), gm0 = gj * ld_@S(m0 + j);
+        st_@S(dm + j, gj * (1 - wn * ej)); acc += gj * ld_@S(v_ + j) - gm0 * ej;
+        st_@S(de + j, ld_@S(de + j) - wn * gm0); st_@S(dv + j, ld_@S(dv + j) + wn * gj);
       }
-      dw[n] += acc;
+      @T s = 0; for (int i = 0; i < VL_@S; ++i) s += acc[i];
+      for (; j < W; ++j) {
+        const @T gm0 = g[j] * m0[j];
+        dm[j] = g[j] * (1 - wn * e_[j]); s += g[j] * v_[j] - gm0 * e_[j]; de[j] -= wn * gm0; dv[j] += wn * g[j];
+      }
+      dw[n] += s;
     }
     for (int64_t n = 0; n < N; ++n) {
       const @T sc = dw[n] * gW;
@@ -161,24 +287,26 @@ void pre_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
       dc[n] = sc * (1 - gA); da[n] = sc * gA;
     }
     out[6][b * st[3]] = dga; out[7][b * st[4]] = dgw;
-    content_bwd_@S(N, W, 1, M0b, wk + b * st[1], 0, ws + b * st[2], c, sim, den, mn, knorm + b, dc, dM0,
-                   out[4] + b * st[1], out[5] + b * st[2], gm);
-    @T later = 0; @T* restrict du = scratch + 4 * N + 2 * R;
+    content_bwd_@S(N, W, 1, M0b, wk + b * st[1], 0, ws + b * st[2], c, sim, den, mn, knorm + b, dc, NULL, NULL,
+                   dM0, out[4] + b * st[1], out[5] + b * st[2], gm, gd);
+    @T later = 0;
     for (int64_t k = N - 1; k >= 0; --k) {
       const int64_t n = ib[k]; const @T g = da[n];
       du[n] = Gu[b * N + n] + (later / ss[k] - g * ex[k]) * (1 - eps);
       later += g * a[n];
     }
     @T* restrict dfree = out[1] + b * st[0]; @T* restrict dV = out[2] + b * R * N; const @T* Vb = V + b * R * N;
-    for (int64_t h = 0; h < R; ++h) dfree[h] = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      const @T g = du[n], gk = g * kept[n]; @T run = 1, suf = 1;
-      out[0][b * N + n] = g * ret[n] * (1 - ww0[b * N + n]);
-      for (int64_t h = 0; h < R; ++h) { phi[h] = 1 - f[h] * Vb[h * N + n]; pre[h] = run; run *= phi[h]; }
-      for (int64_t h = R - 1; h >= 0; --h) {
-        const @T q = -gk * pre[h] * suf;
-        dfree[h] += q * Vb[h * N + n]; dV[h * N + n] = q * f[h]; suf *= phi[h];
+    for (int64_t n = 0; n < N; ++n) { out[0][b * N + n] = du[n] * ret[n] * (1 - ww0[b * N + n]); run[n] = 1; }
+    for (int64_t h = 0; h < R; ++h)  /* retention = prod_h (1 - f_h V_h): prefix products, then suffix products */
+      for (int64_t n = 0; n < N; ++n) { pre[h * N + n] = run[n]; run[n] *= 1 - f[h] * Vb[h * N + n]; }
+    for (int64_t n = 0; n < N; ++n) run[n] = -du[n] * kept[n];
+    for (int64_t h = R - 1; h >= 0; --h) {
+      @T acc = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const @T q = run[n] * pre[h * N + n];
+        acc += q * Vb[h * N + n]; dV[h * N + n] = q * f[h]; run[n] *= 1 - f[h] * Vb[h * N + n];
       }
+      dfree[h] = acc;
     }
   }
   FTZ_END
@@ -194,15 +322,12 @@ void post_forward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
     const @T* Mb = M + b * N * W; @T* s3 = sv + b * 3 * R * N; @T* c = s3;
     content_fwd_@S(N, W, R, Mb, rk + b * st[0], W, rs + b * st[1], (@T)eps_, c, s3 + R * N, s3 + 2 * R * N,
                    mnorm + b * N, knorm + b * R);
+    @T* Vb = V + b * R * N; @T* r = rw + b * R * W;
     for (int64_t h = 0; h < R; ++h) {
-      const @T* m = md + b * st[2] + h * 3; @T* Vh = V + (b * R + h) * N; @T* r = rw + (b * R + h) * W;
-      const @T* f = fw + (b * R + h) * N; const @T* k = bw + (b * R + h) * N;
-      for (int64_t j = 0; j < W; ++j) r[j] = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        Vh[n] = m[0] * k[n] + m[1] * f[n] + m[2] * c[h * N + n];
-        for (int64_t j = 0; j < W; ++j) r[j] += Vh[n] * Mb[n * W + j];
-      }
+      const @T* m = md + b * st[2] + h * 3; const @T* f = fw + (b * R + h) * N; const @T* k = bw + (b * R + h) * N;
+      for (int64_t n = 0; n < N; ++n) Vb[h * N + n] = m[0] * k[n] + m[1] * f[n] + m[2] * c[h * N + n];
     }
+    rows_combine_@S(N, W, R, Vb, N, Mb, r, 0);
   }
   FTZ_END
 }
@@ -217,27 +342,23 @@ void post_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t*
                       const @T* restrict Grw, @T** out, @T* restrict scratch) {
   FTZ_BEGIN
   (void)eps_;
-  @T* dcr = scratch; @T* gm = scratch + R * N;
+  @T *dcr = scratch, *gm = scratch + R * N, *gd = gm + N, *dv = gd + R * N;  /* [R, N], [N], [R, N], [R, N] */
   for (int64_t b = 0; b < B; ++b) {
     const @T* Mb = M + b * N * W; const @T* s3 = sv + b * 3 * R * N; @T* restrict dM = out[0] + b * N * W;
-    memset(dM, 0, sizeof(@T) * N * W);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t h = 0; h < R; ++h) {
-        const @T c = V[(b * R + h) * N + n]; const @T* g = Grw + (b * R + h) * W;
-        for (int64_t j = 0; j < W; ++j) dM[n * W + j] += c * g[j];
-      }
-    for (int64_t h = 0; h < R; ++h) {
-      const int64_t o = (b * R + h) * N; const @T* m = md + b * st[2] + h * 3; const @T* g = Grw + (b * R + h) * W;
-      @T* dm = out[5] + b * st[2] + h * 3; dm[0] = dm[1] = dm[2] = 0;
+    const @T* Vb = V + b * R * N; const @T* G = Grw + b * R * W;
+    for (int64_t h = 0; h < R; ++h) {  /* read weights V: dV = GV + Grw M; read modes */
+      const int64_t o = (b * R + h) * N; const @T* m = md + b * st[2] + h * 3; @T* dvh = dv + h * N;
+      @T* dm = out[5] + b * st[2] + h * 3; @T d0 = 0, d1 = 0, d2 = 0;
+      row_dots_@S(N, W, Mb, G + h * W, dvh);
       for (int64_t n = 0; n < N; ++n) {
-        @T dV = GV[o + n];
-        for (int64_t j = 0; j < W; ++j) dV += g[j] * Mb[n * W + j];
-        dm[0] += dV * bw[o + n]; dm[1] += dV * fw[o + n]; dm[2] += dV * s3[h * N + n];
-        out[4][o + n] = m[0] * dV; out[3][o + n] = m[1] * dV; dcr[h * N + n] = m[2] * dV;
+        dvh[n] += GV[o + n];
+        d0 += dvh[n] * bw[o + n]; d1 += dvh[n] * fw[o + n]; d2 += dvh[n] * s3[h * N + n];
+        out[4][o + n] = m[0] * dvh[n]; out[3][o + n] = m[1] * dvh[n]; dcr[h * N + n] = m[2] * dvh[n];
       }
+      dm[0] = d0; dm[1] = d1; dm[2] = d2;
     }
     content_bwd_@S(N, W, R, Mb, rk + b * st[0], W, rs + b * st[1], s3, s3 + R * N, s3 + 2 * R * N,
-                   mnorm + b * N, knorm + b * R, dcr, dM, out[1] + b * st[0], out[2] + b * st[1], gm);
+                   mnorm + b * N, knorm + b * R, dcr, Vb, G, dM, out[1] + b * st[0], out[2] + b * st[1], gm, gd);
   }
   FTZ_END
 }
@@ -287,6 +408,6 @@ void activate_backward_@S(int64_t B, int64_t I, int64_t K, const int64_t* rg, co
 }
 """
 
-_SOURCE = "#include <stdint.h>\n#include <string.h>\n#include <math.h>\n" + build.FTZ + "".join(
+_SOURCE = "#include <stdint.h>\n#include <string.h>\n#include <math.h>\n" + build.FTZ + _PRELUDE + "".join(
     _BODY.replace("@SQRT", q).replace("@EXP", e).replace("@LOG1P", l).replace("@T", t).replace("@S", s)
     for t, s, q, e, l in (("float", "f32", "sqrtf", "expf", "log1pf"), ("double", "f64", "sqrt", "exp", "log1p")))

@@ -1,5 +1,7 @@
 """The optional C DNC step (``_native_dnc``: two nodes around the link step) equals the composed pure functions of
-``addressing`` (values and gradients, float64, B=2, N=5, W=3, R=4) and passes ``gradcheck``."""
+``addressing`` (values and gradients, float64, B=2, N=5, W=3, R=4) and passes ``gradcheck``. The kernels walk rows in
+vectors of 8 floats / 4 doubles and read heads in groups of 4, so the larger sizes (N=19, W=11, R=5) also cover whole
+vectors with scalar tails and a group of 4 heads with one left over."""
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler:
 
 def random_state(memory: DNCMemory, seed: int, dtype=F64, empty_slots: bool = False) -> DNCState:
     gen = torch.Generator().manual_seed(seed)
+    N, W, R = memory.config.memory_size, memory.config.word_size, memory.config.num_reads
 
     def simplex(*shape, scale=0.9):
         return torch.softmax(torch.randn(*shape, generator=gen, dtype=F64) * 2, -1).mul(scale).to(dtype)
@@ -40,9 +43,9 @@ def run_step(memory, vector, state, use_native):
     return [o.detach() for o in outputs], [x.grad for x in leaves]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_native_step_matches_composed_functions(seed):
-    memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+@pytest.mark.parametrize("seed, sizes", [(0, (N, W, R)), (1, (N, W, R)), (2, (19, 11, 5)), (3, (16, 8, 4))])
+def test_native_step_matches_composed_functions(seed, sizes):
+    memory = DNCMemory(memory_size=sizes[0], word_size=sizes[1], num_reads=sizes[2])
     vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(seed + 5), dtype=F64) * 3
     state = random_state(memory, seed)
     out_a, grad_a = run_step(memory, vector, state, True)
@@ -52,8 +55,9 @@ def test_native_step_matches_composed_functions(seed):
     assert grad_a[3] is None and grad_b[3] is None  # usage does not differentiate the previous write weights
 
 
-def test_native_step_float32_with_empty_slots():
-    memory = DNCMemory(memory_size=N, word_size=W, num_reads=R)
+@pytest.mark.parametrize("sizes", [(N, W, R), (19, 11, 5)])
+def test_native_step_float32_with_empty_slots(sizes):
+    memory = DNCMemory(memory_size=sizes[0], word_size=sizes[1], num_reads=sizes[2])
     vector = torch.randn(B, memory.interface_size, generator=torch.Generator().manual_seed(3))
     state = random_state(memory, 3, torch.float32, empty_slots=True)
     out_a, grad_a = run_step(memory, vector, state, True)
