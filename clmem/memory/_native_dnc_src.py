@@ -8,6 +8,7 @@ _PRELUDE = r"""
 typedef float vec_f32 __attribute__((vector_size(32)));
 typedef double vec_f64 __attribute__((vector_size(32)));
 typedef int32_t ivec_f32 __attribute__((vector_size(32)));
+typedef int64_t ivec_f64 __attribute__((vector_size(32)));
 #define SHUF __builtin_shufflevector
 
 /* lane i of the result: the sum of the lanes of a[i] (8 vectors of 8 floats) */
@@ -58,6 +59,18 @@ enum { VL_@S = 32 / sizeof(@T) };
 static inline vec_@S ld_@S(const @T* p) { vec_@S v; memcpy(&v, p, sizeof v); return v; }
 static inline void st_@S(@T* p, vec_@S v) { memcpy(p, &v, sizeof v); }
 
+/* max_n x[n] (NaNs skipped, -inf for none) */
+static inline @T max_@S(int64_t N, const @T* restrict x) {
+  vec_@S m = (vec_@S){0} - INFINITY; @T mx = -INFINITY; int64_t n = 0;
+  for (; n + VL_@S <= N; n += VL_@S) {
+    const vec_@S v = ld_@S(x + n); const ivec_@S gt = v > m;
+    m = (vec_@S)(((ivec_@S)v & gt) | ((ivec_@S)m & ~gt));
+  }
+  for (int i = 0; i < VL_@S; ++i) mx = m[i] > mx ? m[i] : mx;
+  for (; n < N; ++n) mx = x[n] > mx ? x[n] : mx;
+  return mx;
+}
+
 /* a . b over W elements */
 static inline @T dot_@S(int64_t W, const @T* restrict a, const @T* restrict b) {
   vec_@S acc = {0}; @T s = 0; int64_t j = 0;
@@ -107,12 +120,50 @@ static void rows_combine_@S(int64_t N, int64_t W, int64_t H, const @T* restrict 
         out[q * W + j] = a;
       }
   }
-  for (; h < H; ++h)
-    for (int64_t j = 0; j < W; ++j) {
-      @T a = add ? out[h * W + j] : 0;
-      for (int64_t n = 0; n < N; ++n) a += v[h * vs + n] * M[n * W + j];
-      out[h * W + j] = a;
+  for (; h < H; ++h) {
+    const @T* vh = v + h * vs; @T* o = out + h * W; int64_t j = 0;
+    for (; j + VL_@S <= W; j += VL_@S) {
+      vec_@S a = {0};
+      for (int64_t n = 0; n < N; ++n) a += vh[n] * ld_@S(M + n * W + j);
+      st_@S(o + j, add ? a + ld_@S(o + j) : a);
     }
+    for (; j < W; ++j) {
+      @T a = add ? o[j] : 0;
+      for (int64_t n = 0; n < N; ++n) a += vh[n] * M[n * W + j];
+      o[j] = a;
+    }
+  }
+}
+
+/* out[n] = sum_q a[q * as + n] Bm[q * bs] (add: out[n] +=) for out [N, W] and Q rows Bm[q * bs] of W: the rows of Bm
+   four at a time, held in registers across n */
+static void rows_expand_@S(int64_t N, int64_t W, int64_t Q, const @T* restrict a, int64_t as, const @T* restrict Bm,
+                           int64_t bs, @T* restrict out, int add) {
+  int64_t q = 0;
+  for (; q < Q; q += 4, add = 1) {
+    const int64_t k = Q - q < 4 ? Q - q : 4; const @T* aq = a + q * as; const @T* bq = Bm + q * bs; int64_t j = 0;
+    for (; j + VL_@S <= W; j += VL_@S) {
+      vec_@S b[4] = {{0}, {0}, {0}, {0}}; @T* o = out + j;
+      for (int64_t i = 0; i < k; ++i) b[i] = ld_@S(bq + i * bs + j);
+      if (k == 4)
+        for (int64_t n = 0; n < N; ++n) {
+          const vec_@S acc = aq[n] * b[0] + aq[as + n] * b[1] + aq[2 * as + n] * b[2] + aq[3 * as + n] * b[3];
+          st_@S(o + n * W, add ? acc + ld_@S(o + n * W) : acc);
+        }
+      else
+        for (int64_t n = 0; n < N; ++n) {
+          vec_@S acc = add ? ld_@S(o + n * W) : (vec_@S){0};
+          for (int64_t i = 0; i < k; ++i) acc += aq[i * as + n] * b[i];
+          st_@S(o + n * W, acc);
+        }
+    }
+    for (; j < W; ++j)
+      for (int64_t n = 0; n < N; ++n) {
+        @T acc = add ? out[n * W + j] : 0;
+        for (int64_t i = 0; i < k; ++i) acc += aq[i * as + n] * bq[i * bs + j];
+        out[n * W + j] = acc;
+      }
+  }
 }
 
 /* content lookup of H keys (key h at keys + h * kh) on M [N, W]: c, sim, den [H, N], mnorm [N], knorm [H] */
@@ -122,13 +173,11 @@ static void content_fwd_@S(int64_t N, int64_t W, int64_t H, const @T* restrict M
   row_dots_@S(N, W, M, NULL, mnorm);
   for (int64_t n = 0; n < N; ++n) mnorm[n] = @SQRT(mnorm[n] + eps);
   for (int64_t h = 0; h < H; ++h) {
-    const @T* k = keys + h * kh; @T* ch = c + h * N; @T* sh = sim + h * N; @T* dh = den + h * N; @T mx = -INFINITY, z = 0;
+    const @T* k = keys + h * kh; @T* ch = c + h * N; @T* sh = sim + h * N; @T* dh = den + h * N; @T z = 0;
     knorm[h] = @SQRT(dot_@S(W, k, k) + eps);
     row_dots_@S(N, W, M, k, sh);
-    for (int64_t n = 0; n < N; ++n) {
-      dh[n] = knorm[h] * mnorm[n] + eps; sh[n] /= dh[n]; ch[n] = sh[n] * str[h];
-      mx = ch[n] > mx ? ch[n] : mx;
-    }
+    for (int64_t n = 0; n < N; ++n) { dh[n] = knorm[h] * mnorm[n] + eps; sh[n] /= dh[n]; ch[n] = sh[n] * str[h]; }
+    const @T mx = max_@S(N, ch);
     for (int64_t n = 0; n < N; ++n) ch[n] -= mx;
     exp_nonpositive_@S(N, ch);
     for (int64_t n = 0; n < N; ++n) z += ch[n];
@@ -158,22 +207,11 @@ static void content_bwd_@S(int64_t N, int64_t W, int64_t H, const @T* restrict M
     for (int64_t j = 0; j < W; ++j) dk[j] = k[j] * f;
   }
   rows_combine_@S(N, W, H, gd, N, M, dkeys, 1);
-  for (int64_t n = 0; n < N; ++n) {  /* one pass over the rows: dM (+)= V^T G + gd^T keys + M gm / mnorm */
-    const @T* m = M + n * W; @T* dm = dM + n * W; const @T f = gm[n] / mnorm[n]; int64_t j = 0;
-    for (; j + VL_@S <= W; j += VL_@S) {
-      vec_@S acc = ld_@S(m + j) * f;
-      if (V) for (int64_t h = 0; h < H; ++h) acc += V[h * N + n] * ld_@S(G + h * W + j);
-      else acc += ld_@S(dm + j);
-      for (int64_t h = 0; h < H; ++h) acc += gd[h * N + n] * ld_@S(keys + h * kh + j);
-      st_@S(dm + j, acc);
-    }
-    for (; j < W; ++j) {
-      @T acc = m[j] * f;
-      if (V) for (int64_t h = 0; h < H; ++h) acc += V[h * N + n] * G[h * W + j];
-      else acc += dm[j];
-      for (int64_t h = 0; h < H; ++h) acc += gd[h * N + n] * keys[h * kh + j];
-      dm[j] = acc;
-    }
+  if (V) rows_expand_@S(N, W, H, V, N, G, W, dM, 0);  /* dM (+)= V^T G + gd^T keys + M gm / mnorm */
+  rows_expand_@S(N, W, H, gd, N, keys, kh, dM, 1);
+  for (int64_t n = 0; n < N; ++n) {
+    const @T f = gm[n] / mnorm[n]; const @T* m = M + n * W; @T* dm = dM + n * W;
+    for (int64_t j = 0; j < W; ++j) dm[j] += m[j] * f;
   }
 }
 
