@@ -5,8 +5,9 @@ erase-and-write -> temporal link and precedence -> read weights (content, forwar
 
 ``step`` composes the pure functions of ``addressing`` (the specification). ``step_vector`` (used by ``DNCCore``)
 takes the raw interface vector; with one write head and the optional C kernels (``_native_dnc``) it runs the
-interface activations and everything but the link as three hand-differentiated nodes (tested equal to ``step``,
-values and gradients, in float64).
+interface activations and everything but the link as three hand-differentiated nodes around the link step, and
+inside an unroll with a ``LinkTape`` the whole step as one node (``_native_step``); both tested equal to ``step``,
+values and gradients, in float64.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _native_dnc as native
+from . import _native_step as native_step
 from . import addressing as addr
 from ._interface import groups_size, split_grouped_interface
 from .link_tape import LinkTape
@@ -168,12 +170,18 @@ class DNCMemory(nn.Module):
 
         With one write head and the optional C kernels (``_native_dnc``) this runs as three hand-differentiated
         nodes (interface activations, the memory before the link step, the reads after it) around the link step,
-        with the same values and gradients as the composed pure functions (tested in float64)."""
+        or with a ``tape`` as one node for the whole step, with the same values and gradients as the composed pure
+        functions (tested in float64)."""
         if (self.config.num_writes != 1 or vector.dim() != 2 or vector.shape[-1] != self.interface_size
                 or not native.usable(vector, prev_state.memory)):
             return self.step(self.parse_interface(vector), prev_state, tape)
         ranges, pre, post = self._layout
         s = prev_state
+        if tape is not None:  # the whole step as one node (same kernels and gradients, fewer autograd nodes)
+            read_words, memory, read_weights, write_weights, usage, precedence, link = native_step.DNCStep.apply(
+                tape, vector, s.usage, s.write_weights, s.read_weights, s.memory, s.precedence, s.link,
+                (native.ranges_array(ranges), pre, post), addr.EPSILON)
+            return read_words, DNCState(memory, read_weights, write_weights, usage, link, precedence)
         act = native.Activate.apply(vector, native.ranges_array(ranges))
         usage, write_weights, memory, precedence = native.PreLink.apply(
             s.usage, s.write_weights, s.read_weights, s.memory, s.precedence, act, pre, addr.EPSILON)

@@ -282,6 +282,18 @@ class LinkTape:
         dw -= dw_cols
         return dp.squeeze(1), dw, dv
 
+    def backward_step(self, t: int, gf: Optional[Tensor], gb: Optional[Tensor], v: Tensor, need_v: bool,
+                      need_token: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Backward of step ``t`` for the autograd node that ran it: ``(dp, dw [M, N], dv [M, R, N] or None,
+        gradient of the step's input token or None)``; the first step hands out ``dLoss/dL_{-1}`` and resets."""
+        dp, dw, dv = self._backward(t, gf, gb, v, need_v)
+        grad_token = None
+        if need_token:
+            grad_token = self.grad.view(self.shape) if t == 0 else self.grad.new_zeros(())
+        if t == 0:
+            self.grad, self.grad_step = None, -2
+        return dp, dw, dv, grad_token
+
 
 class _LinkTapeStep(torch.autograd.Function):
     """One ``LinkTape`` step; saves nothing of size ``N x N`` (the tape does)."""
@@ -309,14 +321,9 @@ class _LinkTapeStep(torch.autograd.Function):
         tape, t = ctx.tape, ctx.t
         gf = None if grad_forward is None else grad_forward.permute(0, 2, 1, 3).reshape(b * h, r, n).contiguous()
         gb = None if grad_backward is None else grad_backward.permute(0, 2, 1, 3).reshape(b * h, r, n).contiguous()
-        dp, dw, dv = tape._backward(t, gf, gb, v, ctx.needs_input_grad[4])
+        dp, dw, dv, grad_token = tape.backward_step(t, gf, gb, v, ctx.needs_input_grad[4], ctx.needs_input_grad[1])
         if dv is not None:
             dv = dv.view(b, h, r, n).sum(1)
-        grad_token = None
-        if ctx.needs_input_grad[1]:
-            grad_token = tape.grad.view(tape.shape) if t == 0 else tape.grad.new_zeros(())
-        if t == 0:
-            tape.grad, tape.grad_step = None, -2
         return (None, grad_token, dp.view(b, h, n) if ctx.needs_input_grad[2] else None,
                 dw.view(b, h, n) if ctx.needs_input_grad[3] else None, dv)
 

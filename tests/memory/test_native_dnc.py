@@ -3,10 +3,12 @@
 vectors of 8 floats / 4 doubles and read heads in groups of 4, so the larger sizes (N=19, W=11, R=5) also cover whole
 vectors with scalar tails and a group of 4 heads with one left over."""
 
+import gc
+
 import pytest
 import torch
 
-from clmem.memory import DNCCore, _native_dnc as native, dnc
+from clmem.memory import DNCCore, _native_dnc as native, dnc, link_tape
 from clmem.memory.dnc import DNCMemory, DNCState
 
 F64 = torch.float64
@@ -106,3 +108,52 @@ def test_core_native_equals_composed_path(monkeypatch):
         results.append([y.detach()] + [p.grad.clone() for p in core.parameters()])
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
+
+
+def unroll_grads(memory, vectors, state, use_tape):
+    """Outputs of every step and the gradients of the step inputs and the initial state for ``steps`` calls of
+    ``step_vector`` (with a ``LinkTape``: the one-node ``DNCStep``; without: the four-node path)."""
+    leaves = [v.clone().requires_grad_() for v in vectors] + [x.clone().requires_grad_() for x in state]
+    s = DNCState(*leaves[len(vectors):])
+    tape = None
+    if use_tape:
+        s, tape = memory.start_unroll(s, len(vectors))
+    outputs = []
+    for v in leaves[: len(vectors)]:
+        read_words, s = memory.step_vector(v, s, tape)
+        outputs += [read_words, s.memory, s.read_weights, s.write_weights, s.usage, s.precedence]
+    if use_tape:
+        s = memory.finish_unroll(s, tape)
+    outputs.append(s.link)
+    gen = torch.Generator().manual_seed(7)
+    sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs).backward()
+    return [o.detach() for o in outputs], [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("sizes", [(N, W, R), (19, 11, 5)])
+def test_one_node_step_equals_four_node_path(sizes):
+    memory = DNCMemory(memory_size=sizes[0], word_size=sizes[1], num_reads=sizes[2])
+    gen = torch.Generator().manual_seed(12)
+    vectors = [torch.randn(B, memory.interface_size, generator=gen, dtype=F64) * 2 for _ in range(3)]
+    state = random_state(memory, 6)
+    out_a, grad_a = unroll_grads(memory, vectors, state, True)
+    out_b, grad_b = unroll_grads(memory, vectors, state, False)
+    assert len(out_a) == len(out_b) == 19
+    for x, y in zip(out_a + grad_a, out_b + grad_b):
+        assert (x is None and y is None) or torch.allclose(x, y, atol=1e-12, rtol=1e-10)
+
+
+def test_one_node_unroll_frees_its_tape_without_the_garbage_collector():
+    """The tape keeps detached copies of the step inputs, so no reference cycle holds it (and its links)."""
+    core = DNCCore(input_size=3, output_size=2, hidden_size=8, memory_size=6, word_size=4, num_reads=3)
+    x = torch.randn(2, 5, 3)
+    link_tape.release_buffers()
+    gc.disable()
+    try:
+        y, state = core(x)
+        y.sum().backward()
+        del y, state
+        assert link_tape._pool_bytes > 0  # the tape was freed on the spot and pooled its link buffers
+    finally:
+        gc.enable()
+        link_tape.release_buffers()
