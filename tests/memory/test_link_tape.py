@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from clmem.memory import DNCCore, addressing as addr
+from clmem.memory import DNCCore, addressing as addr, link_tape
 from clmem.memory.link_tape import LinkTape
 
 F64 = torch.float64
@@ -121,3 +121,13 @@ def test_tape_rejects_more_steps_than_declared():
     _, _, token = tape.step(link0, p, w, v)
     with pytest.raises(ValueError, match="LinkTape.step"):
         tape.step(token, p, w, v)
+
+
+def test_large_link_buffers_start_on_a_huge_page_boundary():
+    big = link_tape._empty((3, 512, 512), torch.float32, torch.device("cpu"))  # 3 MiB
+    small = link_tape._empty((4, 8, 8), torch.float64, torch.device("cpu"))
+    assert big.shape == (3, 512, 512) and big.is_contiguous() and small.shape == (4, 8, 8)
+    if link_tape._madvise is not None:  # Linux: aligned for transparent huge pages
+        assert big.data_ptr() % link_tape.HUGE_PAGE == 0
+    big.fill_(1.5)
+    assert float(big.sum()) == 1.5 * 3 * 512 * 512
