@@ -122,7 +122,7 @@ class PreLink(torch.autograd.Function):
         u0, ww0, V, M0, p0, act = (x.contiguous() for x in (u0, ww0, V, M0, p0, act))
         u, w, M, p = u0.new_empty(B, N), u0.new_empty(B, 1, N), torch.empty_like(M0), u0.new_empty(B, 1, N)
         sv, knorm = u0.new_empty(B, 9, N), u0.new_empty(B)
-        idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(N, dtype=torch.int64)
+        idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(3 * N, dtype=torch.int64)
         strides = (act.shape[1],) * len(offsets)
         _call("pre_forward", u0, (B, N, W, R), strides, eps, u0, ww0, V, M0, p0, *_fields(act, offsets), u, w, M,
               p, sv, knorm, idx, tmp)

@@ -215,22 +215,27 @@ static void content_bwd_@S(int64_t N, int64_t W, int64_t H, const @T* restrict M
   }
 }
 
-/* stable ascending argsort (merge sort) */
+/* stable ascending argsort: LSD radix sort (8 bits per pass) of the order-preserving bit patterns of x (sign bit
+   flipped for x >= 0, all bits flipped for x < 0); passes where all keys share the byte are skipped. tmp [3N] */
 static void argsort_@S(int64_t N, const @T* restrict x, int64_t* restrict idx, int64_t* restrict tmp) {
-  for (int64_t i = 0; i < N; ++i) idx[i] = i;
-  for (int64_t width = 1; width < N; width *= 2) {
-    for (int64_t lo = 0; lo < N; lo += 2 * width) {
-      int64_t mid = lo + width < N ? lo + width : N, hi = lo + 2 * width < N ? lo + 2 * width : N;
-      int64_t i = lo, j = mid, k = lo;
-      while (i < mid && j < hi) {  /* branch-free merge step (ties take the left run: stable) */
-        const int64_t a = idx[i], c = idx[j]; const int take = x[c] < x[a];
-        tmp[k++] = take ? c : a; j += take; i += 1 - take;
-      }
-      while (i < mid) tmp[k++] = idx[i++];
-      while (j < hi) tmp[k++] = idx[j++];
-    }
-    memcpy(idx, tmp, sizeof(int64_t) * N);
+  uint64_t *key = (uint64_t*)(tmp + N), *key2 = (uint64_t*)(tmp + 2 * N); int64_t *from = idx, *to = tmp;
+  const @K sign = (@K)1 << (8 * sizeof(@K) - 1);
+  for (int64_t n = 0; n < N; ++n) {
+    @K bits; memcpy(&bits, x + n, sizeof bits);
+    key[n] = bits & sign ? (@K)~bits : bits | sign; idx[n] = n;
   }
+  for (int shift = 0; shift < 8 * (int)sizeof(@K); shift += 8) {
+    int64_t count[257] = {0};
+    for (int64_t n = 0; n < N; ++n) ++count[((key[n] >> shift) & 255) + 1];
+    if (N == 0 || count[((key[0] >> shift) & 255) + 1] == N) continue;
+    for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t k = count[(key[n] >> shift) & 255]++;
+      key2[k] = key[n]; to[k] = from[n];
+    }
+    uint64_t* kt = key; key = key2; key2 = kt; int64_t* it = from; from = to; to = it;
+  }
+  if (from != idx) memcpy(idx, from, sizeof(int64_t) * N);
 }
 
 /* saved per batch item: sv [9, N] = kept, ret, c, sim, den, mnorm, a (slot order), s (sorted), excl (sorted) */
@@ -447,5 +452,7 @@ void activate_backward_@S(int64_t B, int64_t I, int64_t K, const int64_t* rg, co
 """
 
 _SOURCE = "#include <stdint.h>\n#include <string.h>\n#include <math.h>\n" + build.FTZ + _PRELUDE + "".join(
-    _BODY.replace("@SQRT", q).replace("@EXP", e).replace("@LOG1P", l).replace("@T", t).replace("@S", s)
-    for t, s, q, e, l in (("float", "f32", "sqrtf", "expf", "log1pf"), ("double", "f64", "sqrt", "exp", "log1p")))
+    _BODY.replace("@SQRT", q).replace("@EXP", e).replace("@LOG1P", l).replace("@K", k).replace("@T", t)
+    .replace("@S", s)
+    for t, s, q, e, l, k in (("float", "f32", "sqrtf", "expf", "log1pf", "uint32_t"),
+                             ("double", "f64", "sqrt", "exp", "log1p", "uint64_t")))

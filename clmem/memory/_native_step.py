@@ -31,7 +31,7 @@ class DNCStep(torch.autograd.Function):
         nd._fn("activate", vector)(B, vector.shape[1], len(ranges) // 4, ranges, vector.data_ptr(), act.data_ptr())
         u, w, M, p = u0.new_empty(B, N), u0.new_empty(B, 1, N), torch.empty_like(M0), u0.new_empty(B, 1, N)
         sv_pre, knorm_pre = u0.new_empty(B, 9, N), u0.new_empty(B)
-        idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(N, dtype=torch.int64)
+        idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(3 * N, dtype=torch.int64)
         pre_strides = (act.shape[1],) * len(pre)
         nd._call("pre_forward", u0, (B, N, W, R), pre_strides, eps, u0, ww0, V0, M0, p0, *nd._fields(act, pre), u, w,
                  M, p, sv_pre, knorm_pre, idx, tmp)
