@@ -12,8 +12,8 @@ length 20, 42 steps), N in {1024, 16384, 65536}; forward + backward + Adam step.
 
 Targets: >= 20 sequences/s at N = 65,536 and time per sequence at 65,536 <= 3x that at 1,024.
 
-Usage: ``python benchmarks/sparse_scaling.py [--quick] [--sizes 1024 16384 65536]``
-writes ``benchmarks/results/sparse_scaling.{json,md}``.
+Usage: ``python benchmarks/sparse_scaling.py [--quick] [--sizes 1024 16384 65536] [--tag T]``
+writes ``benchmarks/results/sparse_scaling[_T].{json,md}`` (a tag keeps another host's results apart).
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ def _verdict(kind: str, clock: str, seq_per_s: float, ratio: float) -> str:
             f"(target <= {TARGET_RATIO:.0f}x: {met(ratio <= TARGET_RATIO)})")
 
 
-def markdown(records: List[Dict[str, Any]], sizes: List[int]) -> str:
+def markdown(records: List[Dict[str, Any]], sizes: List[int], env: Dict[str, Any]) -> str:
     lines = ["# SparseDNCCore scaling with memory size (K = 4)", "",
+             f"Host: {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, torch {env.get('torch', '?')}; "
+             f"finished {env.get('date', '?')}.", "",
              f"Copy task, input 10, LSTM 64, W={WORD}, R={READS}, 1 write head, batch {H.BATCH}, {H.STEPS} steps; "
              "forward + backward + Adam; one process per row. Wall: from the median wall-clock iteration time; "
              "CPU: from the median CPU time of the process (robust to other load on a shared machine). "
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two timed iterations per configuration")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 16384, 65536])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default=None, help="write results/sparse_scaling_<tag>.{json,md} (e.g. another host)")
     args = parser.parse_args()
     records = []
     for kind in VARIANTS:
@@ -116,8 +119,9 @@ def main() -> None:
             record = H.run_child(sys.executable, __file__, spec, timeout_s=300)
             print(record, flush=True)
             records.append(record)
-    H.write_results("sparse_scaling", {"environment": H.environment(), "records": records},
-                    markdown(records, args.sizes))
+    env = H.environment()
+    H.write_results("sparse_scaling" + (f"_{args.tag}" if args.tag else ""), {"environment": env, "records": records},
+                    markdown(records, args.sizes, env))
 
 
 if __name__ == "__main__":
