@@ -1,12 +1,13 @@
 """Optional C kernels for one DNC memory step with one write head, as two autograd nodes around the link step.
 
-``_PreLink``: usage, allocation (stable sort), write content lookup, write weights, erase-and-write, precedence;
-``_PostLink``: read content lookup, read-mode mixing, read words. Values and gradients are those of the pure
+``PreLink``: usage, allocation (stable radix sort), write content lookup, write weights, erase-and-write, precedence;
+``PostLink``: read content lookup, read-mode mixing, read words. Values and gradients are those of the pure
 functions in ``addressing`` (``update_usage``, ``allocation_weights``, ``content_weights``, ``write_weights``,
 ``erase_and_write``, ``update_precedence``, ``read_weights``, ``read_memory``): the formulas below are their
 backward passes written out per batch item. The pure functions stay the specification; the tests compare both
 in float64 and run ``gradcheck``. For small memories the composed path is bound by per-op dispatch (hundreds of
-small torch ops per step); these nodes do the same work in two C calls forward and two backward.
+small torch ops per step); these nodes do the same work in two C calls forward and two backward. Inside a
+``LinkTape`` unroll ``_native_step.DNCStep`` calls the same kernels (and the link step) from one node.
 
 Built and loaded like ``_native_link`` (``CLMEM_NATIVE=0`` disables; ``None`` without a C compiler).
 """
