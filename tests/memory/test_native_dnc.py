@@ -10,6 +10,7 @@ import torch
 
 from clmem.memory import DNCCore, _native_dnc as native, dnc, link_tape
 from clmem.memory.dnc import DNCMemory, DNCState
+from clmem.memory.link_tape import LinkTape
 
 F64 = torch.float64
 B, N, W, R = 2, 5, 3, 4
@@ -110,14 +111,15 @@ def test_core_native_equals_composed_path(monkeypatch):
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
 
 
-def unroll_grads(memory, vectors, state, use_tape):
+def unroll_grads(memory, vectors, state, use_tape, segment=None):
     """Outputs of every step and the gradients of the step inputs and the initial state for ``steps`` calls of
-    ``step_vector`` (with a ``LinkTape``: the one-node ``DNCStep``; without: the four-node path)."""
+    ``step_vector`` (with a ``LinkTape`` of checkpoint ``segment``: the one-node ``DNCStep``; without: the
+    four-node path)."""
     leaves = [v.clone().requires_grad_() for v in vectors] + [x.clone().requires_grad_() for x in state]
     s = DNCState(*leaves[len(vectors):])
     tape = None
     if use_tape:
-        s, tape = memory.start_unroll(s, len(vectors))
+        tape = LinkTape(s.link, len(vectors), segment)
     outputs = []
     for v in leaves[: len(vectors)]:
         read_words, s = memory.step_vector(v, s, tape)
@@ -130,13 +132,13 @@ def unroll_grads(memory, vectors, state, use_tape):
     return [o.detach() for o in outputs], [x.grad for x in leaves]
 
 
-@pytest.mark.parametrize("sizes", [(N, W, R), (19, 11, 5)])
-def test_one_node_step_equals_four_node_path(sizes):
+@pytest.mark.parametrize("sizes, segment", [((N, W, R), 1), ((19, 11, 5), 1), ((N, W, R), 2)])
+def test_one_node_step_equals_four_node_path(sizes, segment):
     memory = DNCMemory(memory_size=sizes[0], word_size=sizes[1], num_reads=sizes[2])
     gen = torch.Generator().manual_seed(12)
     vectors = [torch.randn(B, memory.interface_size, generator=gen, dtype=F64) * 2 for _ in range(3)]
     state = random_state(memory, 6)
-    out_a, grad_a = unroll_grads(memory, vectors, state, True)
+    out_a, grad_a = unroll_grads(memory, vectors, state, True, segment)  # segment 2: links rebuilt in the backward
     out_b, grad_b = unroll_grads(memory, vectors, state, False)
     assert len(out_a) == len(out_b) == 19
     for x, y in zip(out_a + grad_a, out_b + grad_b):
