@@ -82,28 +82,20 @@ def _call(name: str, like: Tensor, sizes, strides: Tuple[int, ...], eps: float, 
     _fn(name, like)(*sizes, _strides(strides), eps, *_ptrs(*args))
 
 
-class Activate(torch.autograd.Function):
-    """Interface activations on ``[B, I]`` rows as one node; ``ranges`` is a ``ctypes`` array of ``K`` quadruples
-    ``(start, length, kind, group)`` (kind 0 raw, 1 oneplus, 2 sigmoid, 3 softmax over groups)."""
+def activate(vector: Tensor, ranges) -> Tensor:
+    """Interface activations of the contiguous ``vector [B, I]`` (see ``Activate``)."""
+    out = torch.empty_like(vector)
+    _fn("activate", vector)(vector.shape[0], vector.shape[1], len(ranges) // 4, ranges, vector.data_ptr(),
+                            out.data_ptr())
+    return out
 
-    @staticmethod
-    def forward(ctx, vector, ranges):
-        vector = vector.contiguous()
-        out = torch.empty_like(vector)
-        _fn("activate", vector)(vector.shape[0], vector.shape[1], len(ranges) // 4, ranges, vector.data_ptr(),
-                                out.data_ptr())
-        ctx.save_for_backward(vector, out)
-        ctx.ranges = ranges
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        vector, out = ctx.saved_tensors
-        grad, result = grad.contiguous(), torch.empty_like(vector)
-        _fn("activate_backward", vector)(vector.shape[0], vector.shape[1], len(ctx.ranges) // 4, ctx.ranges,
-                                         vector.data_ptr(), out.data_ptr(), grad.data_ptr(), result.data_ptr())
-        return result, None
+def activate_backward(vector: Tensor, out: Tensor, grad: Tensor, ranges) -> Tensor:
+    """Gradient of ``activate`` for the incoming ``grad [B, I]``."""
+    grad, result = grad.contiguous(), torch.empty_like(vector)
+    _fn("activate_backward", vector)(vector.shape[0], vector.shape[1], len(ranges) // 4, ranges, vector.data_ptr(),
+                                     out.data_ptr(), grad.data_ptr(), result.data_ptr())
+    return result
 
 
 def _fields(act: Tensor, offsets) -> list:
@@ -112,38 +104,95 @@ def _fields(act: Tensor, offsets) -> list:
     return [base + off * size for off in offsets]
 
 
+def pre_forward(u0, ww0, V, M0, p0, act, offsets, eps):
+    """The pre-link kernel on contiguous inputs (``PreLink``): ``(u, w, M, p)`` and what ``pre_backward`` needs
+    besides the inputs and ``w``: ``(sv, knorm, idx)``."""
+    B, N, W = M0.shape
+    u, w, M, p = u0.new_empty(B, N), u0.new_empty(B, 1, N), torch.empty_like(M0), u0.new_empty(B, 1, N)
+    sv, knorm = u0.new_empty(B, 9, N), u0.new_empty(B)
+    idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(3 * N, dtype=torch.int64)
+    _call("pre_forward", u0, (B, N, W, V.shape[1]), (act.shape[1],) * len(offsets), eps, u0, ww0, V, M0, p0,
+          *_fields(act, offsets), u, w, M, p, sv, knorm, idx, tmp)
+    return (u, w, M, p), (sv, knorm, idx)
+
+
+def pre_backward(ww0, V, M0, p0, act, w, saved, grads, dact, offsets, eps):
+    """Gradients ``(du0, dV, dM0, dp0)`` of ``pre_forward`` for ``grads = (Gu, Gw, GM, Gp)``; the gradients of the
+    interface fields (free, wkey, wstr, ga, gw, erase, wvec) are written into ``dact`` in place."""
+    B, N, W = M0.shape
+    R = V.shape[1]
+    du0, dV, dM0, dp0 = M0.new_empty(B, N), M0.new_empty(B, R, N), M0.new_empty(B, N, W), M0.new_empty(B, 1, N)
+    f = _fields(dact, offsets)
+    outs = [du0, f[0], dV, dM0, f[1], f[2], f[3], f[4], f[5], f[6], dp0]
+    _call("pre_backward", M0, (B, N, W, R), (act.shape[1],) * len(offsets), eps, ww0, V, M0, p0,
+          *_fields(act, offsets), w, *saved, *(g.contiguous() for g in grads), outs, M0.new_empty((7 + R) * N))
+    return du0, dV, dM0, dp0
+
+
+def post_forward(M, act, fw, bw, offsets, eps):
+    """The post-link kernel on contiguous inputs (``PostLink``): ``(V, rw)`` and what ``post_backward`` needs
+    besides the inputs and ``V``: ``(sv, mnorm, knorm)``."""
+    B, N, W = M.shape
+    R = fw.shape[1]
+    V, rw = M.new_empty(B, R, N), M.new_empty(B, R, W)
+    sv, mnorm, knorm = M.new_empty(B, 3, R, N), M.new_empty(B, N), M.new_empty(B, R)
+    rk, rs, md = _fields(act, offsets)
+    _call("post_forward", M, (B, N, W, R), (act.shape[1],) * len(offsets), eps, M, rk, rs, fw, bw, md, V, rw, sv,
+          mnorm, knorm)
+    return (V, rw), (sv, mnorm, knorm)
+
+
+def post_backward(M, act, fw, bw, V, saved, GV, Grw, dact, offsets, eps):
+    """Gradients ``(dM, dforward, dbackward)`` of ``post_forward``; those of the read keys, strengths and modes
+    are written into ``dact`` in place."""
+    B, N, W = M.shape
+    R = fw.shape[1]
+    dM, dfw, dbw = M.new_empty(B, N, W), M.new_empty(B, R, N), M.new_empty(B, R, N)
+    rk, rs, md = _fields(act, offsets)
+    drk, drs, dmd = _fields(dact, offsets)
+    _call("post_backward", M, (B, N, W, R), (act.shape[1],) * len(offsets), eps, M, rk, rs, fw, bw, md, V, *saved,
+          GV.contiguous(), Grw.contiguous(), [dM, drk, drs, dfw, dbw, dmd], M.new_empty((3 * R + 1) * N))
+    return dM, dfw, dbw
+
+
+class Activate(torch.autograd.Function):
+    """Interface activations on ``[B, I]`` rows as one node; ``ranges`` is a ``ctypes`` array of ``K`` quadruples
+    ``(start, length, kind, group)`` (kind 0 raw, 1 oneplus, 2 sigmoid, 3 softmax over groups)."""
+
+    @staticmethod
+    def forward(ctx, vector, ranges):
+        vector = vector.contiguous()
+        out = activate(vector, ranges)
+        ctx.save_for_backward(vector, out)
+        ctx.ranges = ranges
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        vector, out = ctx.saved_tensors
+        return activate_backward(vector, out, grad, ctx.ranges), None
+
+
 class PreLink(torch.autograd.Function):
     """``(u0 [B,N], ww0 [B,1,N], V [B,R,N], M0 [B,N,W], p0 [B,1,N], act [B,I], offsets, eps)`` -> ``(u [B,N],
     w [B,1,N], M [B,N,W], p [B,1,N])``; ``act`` is the activated interface, ``offsets`` those of ``PRE_FIELDS``."""
 
     @staticmethod
     def forward(ctx, u0, ww0, V, M0, p0, act, offsets, eps):
-        B, N, W = M0.shape
-        R = V.shape[1]
         u0, ww0, V, M0, p0, act = (x.contiguous() for x in (u0, ww0, V, M0, p0, act))
-        u, w, M, p = u0.new_empty(B, N), u0.new_empty(B, 1, N), torch.empty_like(M0), u0.new_empty(B, 1, N)
-        sv, knorm = u0.new_empty(B, 9, N), u0.new_empty(B)
-        idx, tmp = torch.empty(B, N, dtype=torch.int64), torch.empty(3 * N, dtype=torch.int64)
-        strides = (act.shape[1],) * len(offsets)
-        _call("pre_forward", u0, (B, N, W, R), strides, eps, u0, ww0, V, M0, p0, *_fields(act, offsets), u, w, M,
-              p, sv, knorm, idx, tmp)
-        ctx.save_for_backward(ww0, V, M0, p0, act, w, sv, knorm, idx)
-        ctx.meta = ((B, N, W, R), strides, offsets, eps)
+        (u, w, M, p), saved = pre_forward(u0, ww0, V, M0, p0, act, offsets, eps)
+        ctx.save_for_backward(ww0, V, M0, p0, act, w, *saved)
+        ctx.meta = (offsets, eps)
         return u, w, M, p
 
     @staticmethod
     @once_differentiable
     def backward(ctx, Gu, Gw, GM, Gp):
-        sizes, strides, offsets, eps = ctx.meta
-        B, N, W, R = sizes
-        ww0, V, M0, p0, act, w, sv, knorm, idx = ctx.saved_tensors
+        offsets, eps = ctx.meta
+        ww0, V, M0, p0, act, w, *saved = ctx.saved_tensors
         dact = torch.zeros_like(act)
-        du0, dV, dM0, dp0 = M0.new_empty(B, N), M0.new_empty(B, R, N), M0.new_empty(B, N, W), M0.new_empty(B, 1, N)
-        f = _fields(dact, offsets)  # free, wkey, wstr, ga, gw, erase, wvec gradients go straight into dact
-        outs = [du0, f[0], dV, dM0, f[1], f[2], f[3], f[4], f[5], f[6], dp0]
-        grads = [g.contiguous() for g in (Gu, Gw, GM, Gp)]
-        _call("pre_backward", M0, sizes, strides, eps, ww0, V, M0, p0, *_fields(act, offsets), w, sv, knorm, idx,
-              *grads, outs, M0.new_empty((7 + R) * N))
+        du0, dV, dM0, dp0 = pre_backward(ww0, V, M0, p0, act, w, saved, (Gu, Gw, GM, Gp), dact, offsets, eps)
         return du0, None, dV, dM0, dp0, dact, None, None
 
 
@@ -153,27 +202,17 @@ class PostLink(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, M, act, fw, bw, offsets, eps):
-        B, N, W = M.shape
-        R = fw.shape[1]
         M, act, fw, bw = (x.contiguous() for x in (M, act, fw, bw))
-        V, rw = M.new_empty(B, R, N), M.new_empty(B, R, W)
-        sv, mnorm, knorm = M.new_empty(B, 3, R, N), M.new_empty(B, N), M.new_empty(B, R)
-        strides = (act.shape[1],) * len(offsets)
-        rk, rs, md = _fields(act, offsets)
-        _call("post_forward", M, (B, N, W, R), strides, eps, M, rk, rs, fw, bw, md, V, rw, sv, mnorm, knorm)
-        ctx.save_for_backward(M, act, fw, bw, V, sv, mnorm, knorm)
-        ctx.meta = ((B, N, W, R), strides, offsets, eps)
+        (V, rw), saved = post_forward(M, act, fw, bw, offsets, eps)
+        ctx.save_for_backward(M, act, fw, bw, V, *saved)
+        ctx.meta = (offsets, eps)
         return V, rw
 
     @staticmethod
     @once_differentiable
     def backward(ctx, GV, Grw):
-        sizes, strides, offsets, eps = ctx.meta
-        B, N, W, R = sizes
-        M, act, fw, bw, V, sv, mnorm, knorm = ctx.saved_tensors
-        dact, dM, dfw, dbw = torch.zeros_like(act), M.new_empty(B, N, W), M.new_empty(B, R, N), M.new_empty(B, R, N)
-        drk, drs, dmd = _fields(dact, offsets)
-        rk, rs, md = _fields(act, offsets)
-        _call("post_backward", M, sizes, strides, eps, M, rk, rs, fw, bw, md, V, sv, mnorm, knorm,
-              GV.contiguous(), Grw.contiguous(), [dM, drk, drs, dfw, dbw, dmd], M.new_empty((3 * R + 1) * N))
+        offsets, eps = ctx.meta
+        M, act, fw, bw, V, *saved = ctx.saved_tensors
+        dact = torch.zeros_like(act)
+        dM, dfw, dbw = post_backward(M, act, fw, bw, V, saved, GV, Grw, dact, offsets, eps)
         return dM, dact, dfw, dbw, None, None

@@ -156,7 +156,7 @@ void pre_backward_@S(int64_t B, int64_t N, int64_t W, int64_t R, const int64_t* 
         st_@S(dm + j, gj * (1 - wn * ej)); acc += gj * ld_@S(v_ + j) - gm0 * ej;
         st_@S(de + j, ld_@S(de + j) - wn * gm0); st_@S(dv + j, ld_@S(dv + j) + wn * gj);
       }
-      @T s = 0; for (int i = 0; i < VL_@S; ++i) s += acc[i];
+      @T s = hsum_@S(acc);
       for (; j < W; ++j) {
         const @T gm0 = g[j] * m0[j];
         dm[j] = g[j] * (1 - wn * e_[j]); s += g[j] * v_[j] - gm0 * e_[j]; de[j] -= wn * gm0; dv[j] += wn * g[j];
