@@ -19,7 +19,7 @@ demo: install
 
 # The whole test suite (CPU only).
 test: install
-	$(BIN)/python -m pytest -q
+	CLMEM_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
 
 # Without the slow end-to-end tests.
 test-fast: install

@@ -5,12 +5,14 @@ through clmem's grid on local Ray and writes mean ± sd over seeds of ACC, BWT a
 The Avalanche baseline quoted in the issue (EWC, ACC 0.83) trains longer (more epochs per
 experience); this run uses one epoch to fit a 2-core CPU, so compare the rows with each other.
 
-Rows are keyed by (strategy, EWC mode, parameter set, how the Fisher was sampled). ``--strategies`` runs a subset and
-``--params`` / ``--mode`` sweep EWCController's parameter set and mode; ``--merge`` keeps the rows
-already in the results file and replaces only the re-measured ones.
+Rows are keyed by (strategy, EWC mode, parameter set, λ, how the Fisher was sampled). ``ewc_controller`` runs
+with the defaults of :class:`strategies.ewc_controller.EWCController` (they replace the experiment file's
+``ewc_controller`` block); ``--strategies`` runs a subset, ``--params`` / ``--mode`` / ``--ewc-lambda`` sweep
+EWCController away from its defaults; ``--merge`` keeps the rows already in the results file and replaces
+only the re-measured ones.
 
 Usage: python benchmarks/permuted_mnist_ewc.py [--data ../shared/data/mnist] [--seeds 0 1 2]
-         [--strategies ewc_controller --params all --mode online separate --merge] [--render]
+         [--strategies ewc ewc_controller] [--params all] [--mode online] [--ewc-lambda 5] [--merge] [--render]
 Writes benchmarks/results/permuted_mnist_ewc.{json,md}.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from _grid import RESULTS, ROOT, run_experiment
 
-AXES = ["strategy.name", "strategy.mode", "strategy.params"]
+AXES = ["strategy.name", "strategy.mode", "strategy.params", "strategy.ewc_lambda"]
 #: What each row regularises on the MLP (body.1 = 784→256, body.4 = 256→256, classifier = 256→10).
 REGULARISED = {
     ("naive", "-"): "none",
@@ -32,7 +34,11 @@ REGULARISED = {
 NOTES = """
 Notes:
 - Permuted MNIST, 10 experiences, MLP 784-256-256-10, SGD lr 0.05 momentum 0.9, batch 128, one epoch
-  per experience, λ = 100 for every EWC row; mean ± sd over the seeds listed.
+  per experience; mean ± sd over the seeds listed. λ is per row; it multiplies the Fisher as the row's
+  "Fisher from" column says (raw, or divided by its maximum entry).
+- The rows "divided by its max" are `ewc_controller` with EWCController's defaults (online, γ = 0.9, all
+  parameters, 1000 samples, Fisher divided by its largest entry per experience as RWalk does, Chaudhry et
+  al. 2018, λ = 5); they were measured in the same grid as the Avalanche EWC row above them.
 - "parameters regularised" names what the penalty covers. `ewc_controller` with `params: controller`
   (its default) leaves the classifier head out on a plain MLP; `params: all` covers exactly the
   parameters of Avalanche's EWC (tests/strategies/test_ewc_controller.py checks the names).
@@ -47,7 +53,8 @@ Notes:
   mean² + var/128), so λ = 100 is not the same strength in the two rows: with the fix and all
   parameters, EWCController matches Avalanche's ACC (0.875 vs 0.872) with a quarter of its
   forgetting (BWT -0.024 vs -0.098), consistent with a stronger penalty trading some plasticity.
-- Not re-measured after the fix: `params: controller` and `mode: separate` (rows marked so).
+- Not re-measured after the fix: `params: controller` and `mode: separate` (rows marked so). The naive row
+  and the raw-Fisher rows come from earlier runs (same script and machine).
 - Trials ran on Ray (1 or 0.66 CPU each) on the shared 2-core machine while other work ran, under
   `nice -n 10`; wall times are indicative only (accuracy benchmark, not a timing one).
 """
@@ -55,7 +62,8 @@ Notes:
 
 #: How each row's Fisher samples were chosen (stored in the row's group as ``fisher``).
 FISHER = {"ewc": "whole experience, squared mini-batch gradients",
-          "ewc_controller": "1000 random samples of the experience, per-sample gradients", "naive": "-"}
+          "ewc_controller": "1000 random samples of the experience, per-sample gradients, divided by its max",
+          "naive": "-"}
 #: ewc_controller rows measured before the fix drew the Fisher from the first 1000 items of the
 #: experience, which Avalanche's PermutedMNIST sorts by class: all of them digit 0.
 FISHER_BEFORE_FIX = "first 1000 items = digit 0 only (before the fix)"
@@ -76,17 +84,31 @@ def _normalise(row: dict, fisher: str | None = None) -> dict:
     defaults = {"ewc_controller": ("online", "controller"), "ewc": ("separate", "-")}.get(name, ("-", "-"))
     group.setdefault("strategy.mode", defaults[0])
     group.setdefault("strategy.params", defaults[1])
+    group.setdefault("strategy.ewc_lambda", "100.0" if name in ("ewc", "ewc_controller") else "-")
     return {**row, "group": group}
 
 
+def controller_defaults() -> dict:
+    """EWCController's constructor defaults for the options ``ewc_controller`` declares in the registry (the
+    rest, e.g. ``fisher_norm``, take the plugin's default anyway)."""
+    import inspect
+
+    from strategies.ewc_controller import EWCController
+    from strategies.registry import STRATEGIES
+
+    declared = STRATEGIES.get("ewc_controller").options
+    signature = inspect.signature(EWCController.__init__).parameters
+    return {k: p.default for k, p in signature.items() if k in declared}
+
+
 def _table(rows: list[dict]) -> str:
-    lines = ["| strategy | EWC mode | parameters regularised | Fisher from | seeds | ACC | BWT | forgetting "
-             "| wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | EWC mode | parameters regularised | λ | Fisher from | seeds | ACC | BWT | forgetting "
+             "| wall time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["ACC"][0]):
-        name, mode, params, fisher = _key(r["group"])
+        name, mode, params, lam, fisher = _key(r["group"])
         what = REGULARISED.get((name, params), params)
         label = name if name != "ewc_controller" else f"ewc_controller (params: {params})"
-        lines.append(f"| {label} | {mode} | {what} | {fisher} | {r['n']} | {r['ACC'][0]:.3f} ± {r['ACC'][1]:.3f} "
+        lines.append(f"| {label} | {mode} | {what} | {lam} | {fisher} | {r['n']} | {r['ACC'][0]:.3f} ± {r['ACC'][1]:.3f} "
                      f"| {r['BWT'][0]:.3f} ± {r['BWT'][1]:.3f} | {r['Forgetting'][0]:.3f} ± {r['Forgetting'][1]:.3f} "
                      f"| {r['wall_time_s'][0]:.0f} |")
     return "\n".join(lines) + "\n" + NOTES
@@ -100,6 +122,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", default=None, help="subset of the file's strategies")
     parser.add_argument("--params", nargs="+", default=None, help="EWCController parameter sets to sweep")
     parser.add_argument("--mode", nargs="+", default=None, help="EWCController modes to sweep")
+    parser.add_argument("--ewc-lambda", type=float, nargs="+", default=None, help="EWCController λ to sweep")
     parser.add_argument("--merge", action="store_true", help="keep the other rows of the results file")
     parser.add_argument("--trial-cpus", type=float, default=None, help="Ray CPUs per trial (file: 1)")
     parser.add_argument("--render", action="store_true", help="only re-write the Markdown from the JSON")
@@ -116,13 +139,11 @@ def main() -> None:
     strategy: dict = {}
     if args.strategies:
         strategy["name"] = args.strategies
-    block = {k: v for k, v in (("params", args.params), ("mode", args.mode)) if v}
-    if block:
-        strategy["ewc_controller"] = block
+    sweep = (("params", args.params), ("mode", args.mode), ("ewc_lambda", args.ewc_lambda))
+    strategy["ewc_controller"] = {**controller_defaults(), **{k: v for k, v in sweep if v}}
     overrides = {"benchmark": {"dataset_root": str(Path(args.data).resolve()),
                                "n_experiences": args.experiences}, "seeds": args.seeds}
-    if strategy:
-        overrides["strategy"] = strategy
+    overrides["strategy"] = strategy
     if args.trial_cpus:
         overrides["resources"] = {"cpu": args.trial_cpus}
     rows = [_normalise(r, FISHER.get(r["group"]["strategy.name"], "-"))

@@ -20,7 +20,8 @@ from torch.utils.data import TensorDataset
 from clmem.options import Opt
 from clmem.registry import Registry
 
-BENCHMARKS = Registry("benchmark")
+#: Offline sequence/QA streams register from :mod:`clmem.tasks.streams` (imported on first lookup).
+BENCHMARKS = Registry("benchmark", extensions=("clmem.tasks.streams", "clmem.tasks.omniglot"))
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -38,7 +39,8 @@ class Stream(NamedTuple):
     ``eval_metrics`` a factory of the extra Avalanche ``PluginMetric`` s that produce it (None:
     Avalanche's top-1 accuracy). Error-type scores set ``higher_is_better=False``. ``criterion``
     is a factory of the training loss (None: cross-entropy). ``report`` maps Avalanche's eval
-    results to extra per-experience metrics to log (e.g. per-task errors).
+    results to extra per-experience metrics to log (e.g. per-task errors). ``model_adapter`` wraps
+    a built model so its outputs match the targets (e.g. the answer step of a sequence learner).
     """
 
     benchmark: Any
@@ -50,6 +52,7 @@ class Stream(NamedTuple):
     eval_metrics: Any = None
     criterion: Any = None
     report: Any = None
+    model_adapter: Any = None
 
 
 class _LabelledTensors(TensorDataset):
@@ -60,8 +63,12 @@ class _LabelledTensors(TensorDataset):
         self.targets = y
 
 
-def _digits_split(split_seed: int, test_fraction: float):
-    """scikit-learn's bundled 8×8 digits as [N, 1, 8, 8] tensors in [0, 1], stratified split."""
+def _digits_split(split_seed: int, test_fraction: float, per_class: int | None = None):
+    """scikit-learn's bundled 8×8 digits as [N, 1, 8, 8] tensors in [0, 1], stratified split.
+
+    ``per_class``: keep only the first ``per_class`` samples of each class in each split (after the
+    seeded split), for quick runs; ``None`` keeps all.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -72,12 +79,21 @@ def _digits_split(split_seed: int, test_fraction: float):
         x, y, test_size=test_fraction, random_state=split_seed, stratify=y
     )
     as_t = torch.from_numpy
-    return (as_t(x_tr), as_t(y_tr)), (as_t(x_te), as_t(y_te))
+    return _first_per_class(as_t(x_tr), as_t(y_tr), per_class), _first_per_class(as_t(x_te), as_t(y_te), per_class)
+
+
+def _first_per_class(x: torch.Tensor, y: torch.Tensor, per_class: int | None):
+    if per_class is None:
+        return x, y
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in y.unique()]).sort().values
+    return x[keep], y[keep]
 
 
 _DIGITS_OPTS = {
     "test_fraction": Opt(float, 0.3, min=0.05, max=0.9, help="held-out fraction of each class"),
     "split_seed": Opt(int, 0, min=0, help="seed of the train/test split (fixed across trials)"),
+    "per_class": Opt(int, None, min=1, nullable=True, help="keep at most this many samples per class and split "
+                                                           "(quick runs; null: all)"),
 }
 
 
@@ -85,11 +101,13 @@ _DIGITS_OPTS = {
     "split_digits",
     {"n_experiences": Opt(int, 5, choices=(1, 2, 5, 10)), **_DIGITS_OPTS},
     "class-incremental scikit-learn digits, classes split over experiences in a seeded order",
+    kind="image", tiny={"n_experiences": 2, "per_class": 4},
 )
-def split_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.3, split_seed: int = 0):
+def split_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.3, split_seed: int = 0,
+                 per_class: int | None = None):
     from avalanche.benchmarks import nc_benchmark
 
-    (x_tr, y_tr), (x_te, y_te) = _digits_split(split_seed, test_fraction)
+    (x_tr, y_tr), (x_te, y_te) = _digits_split(split_seed, test_fraction, per_class)
     bench = nc_benchmark(
         _LabelledTensors(x_tr, y_tr), _LabelledTensors(x_te, y_te), n_experiences,
         task_labels=False, seed=seed,
@@ -106,12 +124,19 @@ def _permuted(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     "permuted_digits",
     {"n_experiences": Opt(int, 5, min=1, max=50), **_DIGITS_OPTS},
     "domain-incremental digits: each experience applies its own seeded pixel permutation",
+    kind="image", tiny={"n_experiences": 2, "per_class": 4},
 )
-def permuted_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.3, split_seed: int = 0):
+def permuted_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.3, split_seed: int = 0,
+                    per_class: int | None = None):
     from avalanche.benchmarks import benchmark_from_datasets
-    from avalanche.benchmarks.utils import as_taskaware_classification_dataset as as_cls
+    # attaches task label 0 (mbatch[-1]), which Avalanche's LwF, GDumb and the templates read;
+    # as_taskaware_classification_dataset does not
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
 
-    (x_tr, y_tr), (x_te, y_te) = _digits_split(split_seed, test_fraction)
+    def as_cls(dataset):
+        return _make_taskaware_classification_dataset(dataset, task_labels=0)
+
+    (x_tr, y_tr), (x_te, y_te) = _digits_split(split_seed, test_fraction, per_class)
     gen = torch.Generator().manual_seed(seed)
     train, test = [], []
     for _ in range(n_experiences):
@@ -150,6 +175,7 @@ _MNIST_ROOT = Opt(str, None, nullable=True, help="folder with MNIST/raw/; defaul
     "split_mnist",
     {"n_experiences": Opt(int, 5, choices=(1, 2, 5, 10)), "dataset_root": _MNIST_ROOT},
     "Avalanche SplitMNIST, class-incremental, seeded class order",
+    kind="image",
 )
 def split_mnist(seed: int, n_experiences: int = 5, dataset_root: str | None = None):
     from avalanche.benchmarks.classic import SplitMNIST
@@ -163,6 +189,7 @@ def split_mnist(seed: int, n_experiences: int = 5, dataset_root: str | None = No
     "permuted_mnist",
     {"n_experiences": Opt(int, 10, min=1, max=50), "dataset_root": _MNIST_ROOT},
     "Avalanche PermutedMNIST, domain-incremental, seeded permutations",
+    kind="image",
 )
 def permuted_mnist(seed: int, n_experiences: int = 10, dataset_root: str | None = None):
     from avalanche.benchmarks.classic import PermutedMNIST

@@ -1,21 +1,19 @@
-"""Every registry, with every module that registers into it imported.
+"""Every registry, fully loaded (kept for code that imported registries from here).
 
-Import registries from here (not from their defining modules) so that benchmarks, models and
-strategies contributed by other packages of clmem are known — in the driver and in Ray workers.
-To contribute one, register it in your module and add the module to :data:`EXTENSIONS`.
+Each registry imports the modules that register into it on first use (see
+:class:`clmem.registry.Registry`), so importing :mod:`strategies` or :mod:`clmem.models` alone is
+enough; this module only loads all three at once.
 """
 from __future__ import annotations
-
-import importlib
 
 from clmem.benchmarks import BENCHMARKS
 from clmem.models import MODELS
 from strategies.registry import STRATEGIES, TRAINING_OPTIONS
 
-#: Modules that register benchmarks, models or strategies when imported.
-EXTENSIONS: tuple[str, ...] = ("clmem.tasks.streams", "clmem.learners.registry", "strategies.sequence", "strategies.clmem_strategies")
+for _registry in (BENCHMARKS, MODELS, STRATEGIES):
+    _registry.load()
 
-for _module in EXTENSIONS:
-    importlib.import_module(_module)
+#: The modules each registry imports on first use.
+EXTENSIONS: tuple[str, ...] = (*BENCHMARKS.extensions, *MODELS.extensions, *STRATEGIES.extensions)
 
 __all__ = ["BENCHMARKS", "MODELS", "STRATEGIES", "TRAINING_OPTIONS", "EXTENSIONS"]

@@ -69,20 +69,42 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(file: str):
+def _load(file: str, machine: bool = True):
+    """Load and check an experiment file: its values, its datasets, and (``machine``) whether its trials
+    fit this machine's memory, CPUs and GPUs (``clmem grid`` checks the Ray cluster's instead)."""
     from clmem.benchmarks import preflight
     from clmem.config import load_experiment
+    from clmem.sizing import available_memory, check_fits, local_node, plan_request
 
     experiment = load_experiment(file)
-    for trial in experiment.trials:
-        preflight(trial["benchmark"])
+    try:
+        for trial in experiment.trials:
+            preflight(trial["benchmark"])
+        if machine:
+            free = available_memory()
+            for trial in experiment.trials:
+                check_fits(trial, free)
+            _, experiment.gpu_fallback = plan_request(experiment.trials[0]["resources"], [local_node()],
+                                                      "this machine")
+    except ConfigError as err:
+        raise err.in_file(file) from None
     return experiment
+
+
+def _check_uri_arg(uri: str | None) -> None:
+    if uri is not None:
+        from clmem.tracking import check_tracking_uri
+
+        check_tracking_uri(uri, "--tracking-uri")
 
 
 def cmd_validate(args) -> int:
     experiment = _load(args.file)
     print(f"{args.file}: ok — experiment {experiment.name!r}, {len(experiment.trials)} trials, "
           f"axes: {', '.join(experiment.axes) or 'none'}")
+    if experiment.gpu_fallback:
+        print(f"note: resources.gpu is {experiment.trials[0]['resources']['gpu']:g} but this machine has no "
+              f"GPU: here its trials run on the CPU")
     return 0
 
 
@@ -102,6 +124,7 @@ def cmd_run(args) -> int:
     from clmem.runner import run_trial
     from clmem.tracking import Tracker
 
+    _check_uri_arg(args.tracking_uri)
     experiment = _load(args.file)
     if not 0 <= args.trial < len(experiment.trials):
         raise ConfigError("--trial", f"expected 0 <= trial < {len(experiment.trials)}, got {args.trial}")
@@ -133,7 +156,9 @@ def cmd_run(args) -> int:
 def cmd_grid(args) -> int:
     from clmem.grid import init_ray, shutdown_ray
 
-    experiment = _load(args.file)
+    _check_uri_arg(args.tracking_uri)
+    # a local Ray is this machine; a cluster's nodes are checked by run_grid once it is connected
+    experiment = _load(args.file, machine=not args.address)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError("--max-concurrent", f"expected an integer >= 1, got {args.max_concurrent}")
     from clmem.tracking import Tracker
@@ -187,9 +212,9 @@ def _print_comparison(tracker, name: str, run_id: str | None, metric: str, fmt: 
     rows = group_rows(runs, axes, columns)
     if rows and metric not in rows[0]:
         raise ConfigError("--metric", f"unknown metric {metric!r}")
-    table = format_table(sort_rows(rows, metric), axes, columns, fmt)
+    table = format_table(sort_rows(rows, metric), axes, columns, fmt, ranked_by=metric)
     print(f"{name}: {len(runs)} trial runs under parent {parent.info.run_id}, "
-          f"mean ± sd over seeds, sorted by {metric}; ACC/BWT/FWT: Lopez-Paz & Ranzato 2017, "
+          f"mean ± sd over seeds, best first by {metric}; ACC/BWT/FWT: Lopez-Paz & Ranzato 2017, "
           f"Forgetting: Chaudhry et al. 2018 (max over earlier rows)")
     print(table, end="")
     if output:
@@ -220,9 +245,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from clmem.tracking import resolve_tracking_uri
+    from clmem.tracking import Tracker
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    _check_uri_arg(args.tracking_uri)
+    uri = Tracker(args.tracking_uri).uri  # a new SQLite store is created under its lock, not by the UI
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI over {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)

@@ -11,7 +11,6 @@ is logged twice.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -32,6 +31,8 @@ from ray import tune  # noqa: E402
 
 from clmem.config import Experiment  # noqa: E402
 from clmem.options import ConfigError  # noqa: E402
+from clmem.sizing import available_memory, check_fits, plan_request  # noqa: E402
+from strategies.checkpoint import checkpoint_dirs, resume_state, write_checkpoint  # noqa: E402
 
 if TYPE_CHECKING:  # trial workers unpickle this module: keep MLflow out of them
     from clmem.tracking import Tracker
@@ -60,18 +61,9 @@ def _maybe_crash(experience: int) -> None:
         os._exit(17)
 
 
-def _load_state(directory: str | None):
-    import torch
-
-    if not directory or not (Path(directory) / "state.pt").is_file():
-        return None
-    # Files written by an earlier attempt of this same trial (plain tensors and lists).
-    return torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
-
-
-def _report(experience: int, report: dict, key: str, started: float) -> None:
-    import torch
-
+def _report(experience: int, report: dict, key: str, started: float, note: list[str]) -> None:
+    if note:  # the first report of an attempt that skipped damaged checkpoints
+        report["checkpoint_note"] = note.pop()
     report["trial_time_s"] = time.perf_counter() - started
     state = report.pop("_checkpoint", None)
     if "ACC" in report:  # last experience: render the heatmap here, not in the driver
@@ -84,8 +76,7 @@ def _report(experience: int, report: dict, key: str, started: float) -> None:
         tune.report(report)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / "state.pt")
-            (Path(tmp) / "meta.json").write_text(json.dumps({"experience": experience, "key": key}))
+            write_checkpoint(tmp, state, {"experience": experience, "key": key})
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
     _maybe_crash(experience)
 
@@ -114,14 +105,15 @@ def _trainable(config: dict) -> None:
     started = time.perf_counter()
     trial = config["job"]["trial"]
     _limit_threads(trial["resources"]["cpu"])
-    checkpoint = tune.get_checkpoint()
-    resume = None
+    job, checkpoint = config["job"], tune.get_checkpoint()
+    where = (Path(job["storage"]), job["grid"], trial["key"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume = _load_state(directory)
-    if resume is None:
-        resume = _load_state(config["job"].get("resume_checkpoint"))
-    run_trial(trial, lambda i, r: _report(i, r, trial["key"], started), checkpointing=True, resume=resume)
+            resume, note = resume_state(*where, latest=directory)
+    else:
+        resume, note = resume_state(*where, up_to=job.get("resume_up_to"))
+    notes = [note] if note else []
+    run_trial(trial, lambda i, r: _report(i, r, trial["key"], started, notes), checkpointing=True, resume=resume)
 
 
 class MlflowDriverCallback(tune.Callback):
@@ -137,6 +129,7 @@ class MlflowDriverCallback(tune.Callback):
         self.last: dict[str, dict] = {}
         self.ended: set[str] = set()
         self.done = self.failed = 0
+        self.gpu_fallback = False  # the whole grid runs on the CPU (announced once by run_grid)
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -158,25 +151,28 @@ class MlflowDriverCallback(tune.Callback):
         result = {k: v for k, v in result.items() if k not in TUNE_AUTO_KEYS}
         run_id = self._run_id(trial)
         self.last[trial.trial_id] = result
-        if result["experience"] <= self.last_step[run_id]:
-            return  # already logged by an earlier attempt
+        spec = trial.config["job"]["trial"]
+        if result.get("checkpoint_note"):  # this attempt passed over damaged checkpoints
+            self.tracker.set_tags(run_id, {"clmem.checkpoint_fallback": result["checkpoint_note"][:4000]})
+            self.progress(f"warning: trial {spec['index']}: {result['checkpoint_note']}")
         if self.last_step[run_id] == -1 or "resumed_from" in result:
             tags = {"clmem.node_id": result.get("node_id"), "clmem.worker_pid": result.get("worker_pid"),
                     "clmem.device": result.get("device"), "clmem.metric": result.get("metric")}
             if "resumed_from" in result:
                 tags["clmem.resumed_from"] = result["resumed_from"]
             self.tracker.set_tags(run_id, tags)
-            self._warn_fallback(trial.config["job"]["trial"], result)
+            self._warn_fallback(spec, result)
+        if result["experience"] <= self.last_step[run_id]:
+            return  # already logged by an earlier attempt
         self.tracker.log_experience(run_id, result)
         self.last_step[run_id] = result["experience"]
-        spec = trial.config["job"]["trial"]
         self.progress(
             f"[{self.done}/{self.total} trials done] trial {spec['index']} ({spec['strategy']['name']}, "
             f"seed {spec['seed']}): experience {result['experience'] + 1}/{result['experiences_total']}, "
             f"seen accuracy {result['seen_acc']:.3f}")
 
     def _warn_fallback(self, spec: dict, result: dict) -> None:
-        if spec["resources"]["gpu"] > 0 and result.get("device") == "cpu":
+        if spec["resources"]["gpu"] > 0 and result.get("device") == "cpu" and not self.gpu_fallback:
             self.progress(f"warning: trial {spec['index']} asked for a GPU but CUDA is not available on "
                           f"node {result.get('node_id')}: it runs on the CPU")
 
@@ -230,6 +226,68 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+#: Seconds ``clmem grid --address`` waits for a cluster (an autoscaler) to offer a node that holds one
+#: trial before it refuses, or runs trials asking for a GPU on the CPU when no node has a GPU.
+RESOURCE_WAIT_ENV, RESOURCE_WAIT_S = "CLMEM_RESOURCE_WAIT_S", 600.0
+
+
+def _alive_nodes() -> list[dict]:
+    return [{"cpu": n["Resources"].get("CPU", 0.0), "gpu": n["Resources"].get("GPU", 0.0),
+             "memory": n["Resources"].get("memory", 0.0)} for n in ray.nodes() if n.get("Alive")]
+
+
+def _check_nodes(experiment: Experiment, nodes: list[dict], where: str, local: bool, fallback: bool):
+    request, gpu_fallback = plan_request(experiment.trials[0]["resources"], nodes, where)
+    if gpu_fallback and not fallback:
+        raise ConfigError("resources.gpu", f"no node of {where} has a GPU yet")
+    memory = available_memory() if local else max((n["memory"] for n in nodes), default=0.0)
+    if memory:
+        for trial in experiment.trials:
+            check_fits(trial, int(memory), where)
+    return request, gpu_fallback
+
+
+def cluster_request(experiment: Experiment, address: str | None, progress: Callable[[str], None] = print,
+                    wait_s: float | None = None) -> tuple[dict, bool]:
+    """(Ray resources per trial, whether trials asking for a GPU run on the CPU) for the connected Ray.
+
+    A trial must fit one alive node (CPUs, GPUs, memory: :mod:`clmem.sizing`). The local Ray is what
+    it is: a request it cannot hold is a :class:`ConfigError` at once, and ``gpu > 0`` without a GPU
+    falls back to the CPU. A cluster (``address``) is asked to scale up (``request_resources``) and
+    given ``wait_s`` seconds (``$CLMEM_RESOURCE_WAIT_S``, default 600) to offer such a node; then the
+    same rules apply: never an endless wait for resources that do not exist.
+    """
+    where = f"the Ray cluster at {address}" if address else "the local Ray (this machine)"
+    if wait_s is None:
+        wait_s = float(os.environ.get(RESOURCE_WAIT_ENV, RESOURCE_WAIT_S)) if address else 0.0
+    deadline, asked = time.monotonic() + wait_s, False
+    while True:
+        last = time.monotonic() >= deadline
+        try:
+            request, fallback = _check_nodes(experiment, _alive_nodes(), where, not address, fallback=last)
+            break
+        except ConfigError as err:
+            if last:
+                raise (err.in_file(experiment.source) if experiment.source else err) from None
+        if not asked:
+            from ray.autoscaler.sdk import request_resources
+
+            resources = experiment.trials[0]["resources"]
+            request_resources(bundles=[{"CPU": resources["cpu"], "GPU": resources["gpu"]}])
+            progress(f"waiting up to {wait_s:g} s (${RESOURCE_WAIT_ENV}) for {where} to offer a node with "
+                     f"{resources['cpu']:g} CPU and {resources['gpu']:g} GPU for one trial")
+            asked = True
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    if asked:  # Tune's own demand keeps what is needed from here on
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+    if fallback:
+        progress(f"warning: resources.gpu is {experiment.trials[0]['resources']['gpu']:g} but {where} has no "
+                 f"GPU: every trial runs on the CPU (tag clmem.gpu_fallback)")
+    return request, fallback
+
+
 def storage_root(storage_path: str | None = None) -> Path:
     return Path(storage_path or os.environ.get("CLMEM_RAY_STORAGE", "ray_results")).resolve()
 
@@ -237,20 +295,27 @@ def storage_root(storage_path: str | None = None) -> Path:
 def latest_checkpoint(storage: Path, experiment: str, parent_id: str, key: str,
                       up_to: int | None = None) -> str | None:
     """The newest Ray checkpoint (by experience, at most ``up_to``) of trial ``key`` in any run of
-    this grid. A trial writes its checkpoint before the driver logs that experience: after an
-    interrupt, a checkpoint can be newer than the MLflow run, and resuming from it would leave
-    an experience unlogged, so ``--resume`` passes the run's last logged experience as ``up_to``."""
-    best, best_exp = None, -1
-    for meta in storage.glob(f"{experiment}-{parent_id[:8]}*/trial_*_{key}/checkpoint_*/meta.json"):
-        experience = json.loads(meta.read_text())["experience"]
-        if experience > best_exp and (up_to is None or experience <= up_to):
-            best, best_exp = str(meta.parent), experience
-    return best
+    this grid (directories with a damaged ``meta.json`` are passed over). A trial writes its checkpoint
+    before the driver logs that experience: after an interrupt, a checkpoint can be newer than the MLflow
+    run, and resuming from it would leave an experience unlogged, so ``--resume`` bounds the checkpoints
+    by the run's last logged experience (``resume_up_to``, see :func:`strategies.checkpoint.resume_state`)."""
+    found, _ = checkpoint_dirs(storage, grid_prefix(experiment, parent_id), key, up_to)
+    return found[0] if found else None
+
+
+def grid_prefix(experiment_name: str, parent_id: str) -> str:
+    """Name (prefix) of the grid's Tune runs under the storage: ``<experiment>-<parent run id[:8]>``."""
+    return f"{experiment_name}-{parent_id[:8]}"
+
+
+def _job(trial: dict, storage: Path, parent_id: str, name: str, resume_up_to: int | None = None) -> dict:
+    return {"trial": trial, "storage": str(storage), "grid": grid_prefix(name, parent_id),
+            "resume_up_to": resume_up_to}
 
 
 def _resume_plan(experiment: Experiment, tracker: Tracker, storage: Path):
     """(parent id, jobs still to run, {key: (run id, last logged experience)} of the interrupted trials) for
-    ``--resume``. A trial's checkpoint is capped at its last logged experience (see :func:`latest_checkpoint`)."""
+    ``--resume``. A trial's checkpoints are capped at its last logged experience (see :func:`latest_checkpoint`)."""
     parent = tracker.find_grid(experiment)
     if parent is None:
         raise ConfigError("--resume", f"no earlier grid of experiment {experiment.name!r} with these "
@@ -263,9 +328,7 @@ def _resume_plan(experiment: Experiment, tracker: Tracker, storage: Path):
             finished.add(key)
         else:
             existing[key] = (run.info.run_id, tracker.last_step(run.info.run_id))
-    jobs = [{"trial": t, "resume_checkpoint": latest_checkpoint(
-                storage, experiment.name, parent_id, t["key"], up_to=existing[t["key"]][1])
-             if t["key"] in existing else None}
+    jobs = [_job(t, storage, parent_id, experiment.name, existing[t["key"]][1] if t["key"] in existing else None)
             for t in experiment.trials if t["key"] not in finished]
     return parent_id, jobs, existing
 
@@ -280,8 +343,8 @@ def _plan(experiment: Experiment, tracker: Tracker, storage: Path, resume: bool,
     """(parent run id, jobs to run, interrupted runs per key as in :func:`_resume_plan`): a new parent run, or
     the resume plan."""
     if not resume:
-        return tracker.start_parent(experiment, "grid"), [
-            {"trial": t, "resume_checkpoint": None} for t in experiment.trials], {}
+        parent_id = tracker.start_parent(experiment, "grid")
+        return parent_id, [_job(t, storage, parent_id, experiment.name) for t in experiment.trials], {}
     parent_id, jobs, existing = _resume_plan(experiment, tracker, storage)
     tracker.reopen(parent_id)
     progress(f"resuming grid {parent_id}: {len(experiment.trials) - len(jobs)} trials already "
@@ -296,7 +359,10 @@ def run_grid(experiment: Experiment, tracker: Tracker, address: str | None = Non
     storage = storage_root(storage_path)
     started = init_ray(address)  # no-op when the caller started Ray (clmem grid does)
     try:
+        request, gpu_fallback = cluster_request(experiment, address, progress)
         parent_id, jobs, existing = _plan(experiment, tracker, storage, resume, progress)
+        if gpu_fallback:
+            tracker.set_tags(parent_id, {"clmem.gpu_fallback": "true"})
     except BaseException:
         shutdown_ray(started)
         raise
@@ -305,9 +371,10 @@ def run_grid(experiment: Experiment, tracker: Tracker, address: str | None = Non
         shutdown_ray(started)
         return parent_id, 0
     callback = MlflowDriverCallback(tracker, experiment, parent_id, len(jobs), existing, progress)
+    callback.gpu_fallback = gpu_fallback
     status = "KILLED"
     try:
-        _fit(experiment, jobs, callback, storage, parent_id, max_concurrent, resume)
+        _fit(experiment, jobs, callback, storage, parent_id, max_concurrent, resume, request)
         status = "FINISHED" if callback.done == len(jobs) and not callback.failed else (
             "FAILED" if callback.done == len(jobs) else "KILLED")
     finally:
@@ -320,9 +387,9 @@ def run_grid(experiment: Experiment, tracker: Tracker, address: str | None = Non
     return parent_id, callback.failed
 
 
-def _fit(experiment, jobs, callback, storage: Path, parent_id: str, max_concurrent, resume: bool):
-    resources = experiment.trials[0]["resources"]
-    trainable = tune.with_resources(_trainable, {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+def _fit(experiment, jobs, callback, storage: Path, parent_id: str, max_concurrent, resume: bool,
+         request: dict):
+    trainable = tune.with_resources(_trainable, {"cpu": request["cpu"], "gpu": request["gpu"]})
     suffix = f"-resume{int(time.time())}" if resume else ""
     tuner = tune.Tuner(
         trainable,
@@ -330,7 +397,7 @@ def _fit(experiment, jobs, callback, storage: Path, parent_id: str, max_concurre
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
-            name=f"{experiment.name}-{parent_id[:8]}{suffix}", storage_path=str(storage), verbose=0,
+            name=f"{grid_prefix(experiment.name, parent_id)}{suffix}", storage_path=str(storage), verbose=0,
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
             # num_to_keep would force a Tune experiment snapshot every num_to_keep checkpoints

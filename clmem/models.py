@@ -13,7 +13,8 @@ from torch import nn
 from clmem.options import Opt
 from clmem.registry import Registry
 
-MODELS = Registry("model")
+#: Sequence and QA learners register from :mod:`clmem.learners.registry` (imported on first lookup).
+MODELS = Registry("model", extensions=("clmem.learners.registry", "clmem.learners.memories"))
 
 
 class MLP(nn.Module):
@@ -33,11 +34,12 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def get_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the head ``[B, hidden]`` (Avalanche's feature convention)."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.get_features(x))
 
 
 class SmallCNN(nn.Module):
@@ -59,11 +61,12 @@ class SmallCNN(nn.Module):
                                   nn.ReLU())
         self.classifier = nn.Linear(hidden_size, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def get_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the head ``[B, hidden]`` (Avalanche's feature convention)."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.get_features(x))
 
 
 @MODELS.register(
@@ -74,6 +77,7 @@ class SmallCNN(nn.Module):
         "dropout": Opt(float, 0.0, min=0.0, max=0.95),
     },
     "multi-layer perceptron on the flattened input",
+    accepts=("image",),
 )
 def mlp(input_shape, num_classes, hidden_size=256, num_layers=2, dropout=0.0):
     return MLP(math.prod(input_shape), num_classes, hidden_size, num_layers, dropout)
@@ -83,6 +87,7 @@ def mlp(input_shape, num_classes, hidden_size=256, num_layers=2, dropout=0.0):
     "cnn",
     {"channels": Opt(int, 32, min=1), "hidden_size": Opt(int, 128, min=1)},
     "two conv blocks and a linear head",
+    accepts=("image",),
 )
 def cnn(input_shape, num_classes, channels=32, hidden_size=128):
     if len(input_shape) != 3:

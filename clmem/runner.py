@@ -55,21 +55,27 @@ def make_optimizer(params, optimizer: str, lr: float, momentum: float, weight_de
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def _accuracy_applies(stream: Stream | None) -> bool:
+    """Whether a sample's target is one integer class id: Avalanche's accuracy cannot score float bit
+    targets ``[T, O]`` nor per-step labels ``[T]`` (few-shot episodes)."""
+    if stream is None:
+        return True
+    y = torch.as_tensor(stream.benchmark.test_stream[0].dataset[0][1])
+    return y.dim() == 0 and not y.is_floating_point()
+
+
 def make_evaluator(stream: Stream | None = None):
-    """Avalanche's accuracy, forgetting and BWT metrics plus the stream's own (no loggers)."""
+    """Avalanche's accuracy, forgetting and BWT metrics (where accuracy can score the stream's targets)
+    plus the stream's own (no loggers)."""
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
     from avalanche.training.plugins import EvaluationPlugin
 
     extra = list(stream.eval_metrics()) if stream is not None and stream.eval_metrics else []
+    accuracy = ([accuracy_metrics(experience=True, stream=True), forgetting_metrics(experience=True, stream=True),
+                 bwt_metrics(experience=True, stream=True)] if _accuracy_applies(stream) else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return EvaluationPlugin(
-            accuracy_metrics(experience=True, stream=True),
-            forgetting_metrics(experience=True, stream=True),
-            bwt_metrics(experience=True, stream=True),
-            *extra,
-            loggers=[],
-        )
+        return EvaluationPlugin(*accuracy, *extra, loggers=[])
 
 
 def evaluate_row(strategy, test_stream, prefix: str = "Top1_Acc_Exp") -> tuple[list[float], dict]:
@@ -91,6 +97,8 @@ def build_strategy(trial: dict, stream: Stream, device: str):
 
     model_opts = {k: v for k, v in trial["model"].items() if k != "name"}
     model = build_model(trial["model"]["name"], stream.input_shape, stream.num_classes, **model_opts)
+    if stream.model_adapter is not None:  # e.g. the answer step of a sequence learner on bAbI sequences
+        model = stream.model_adapter(model)
     sopts = {k: v for k, v in trial["strategy"].items() if k != "name"}
     optimizer = make_optimizer(model.parameters(), *(sopts.pop(k) for k in _OPTIMIZER_KEYS))
     return create_strategy(trial["strategy"]["name"], model=model, optimizer=optimizer,
@@ -144,7 +152,7 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
     train_stream, test_stream = stream.benchmark.train_stream, stream.benchmark.test_stream
     start = time.perf_counter()  # wall time: evaluation at init, training and evaluations
     first, R, b, elapsed, extra = _starting_point(strategy, stream, resume, why)
-    extra.update(device=device, metric=stream.metric)
+    extra.update(device=device, metric=stream.metric, higher_is_better=stream.higher_is_better)
     summary, avl = None, {}
     for i in range(first, len(train_stream)):
         t0 = time.perf_counter()
@@ -179,6 +187,7 @@ def memory_picture(model, dataset, device: str) -> str | None:
 
     Models without ``memory_trace`` (classifiers, LSTM, MemN2N) give None.
     """
+    model = getattr(model, "learner", model)  # through a read-out adapter (clmem.learners.readout)
     if not hasattr(model, "memory_trace"):
         return None
     from clmem.plots import memory_heatmaps, png_base64

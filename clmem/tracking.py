@@ -9,6 +9,7 @@ summary metrics, ``R.json`` and ``R.png`` artifacts and the resolved trial as ``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -19,19 +20,44 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 
-from clmem.options import flatten
+from clmem.options import ConfigError, check_name, flatten, shown
 
 if TYPE_CHECKING:  # compare/ui need no torch or Avalanche: the catalog stays unimported
     from clmem.config import Experiment
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _NOT_METRICS = ("R", "b", "experience", "experiences_total", "worker_pid", "resumed_from")
+#: Report keys logged as run tags: what the score is and its direction (read by clmem.compare).
+_SCORE_TAGS = {"metric": "clmem.metric", "higher_is_better": "clmem.higher_is_better"}
+#: Tag of a FAILED trial run: the one-line reason (e.g. a NonFiniteError's message).
+ERROR_TAG = "clmem.error"
+
+
+#: Tracking-store URI schemes MLflow supports (``postgresql+psycopg2``-style driver suffixes allowed).
+URI_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+#: Seconds a process waits for another one initialising the same new SQLite store.
+STORE_LOCK_TIMEOUT_S = 300
+
+
+def check_tracking_uri(uri: str, path: str = "tracking_uri") -> str:
+    """``uri`` when it is a plain path or a URI whose scheme MLflow supports, else a :class:`ConfigError`."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigError(path, f"expected a path or a URI, got {shown(uri)}")
+    if "://" not in uri:  # a plain path (a SQLite file), or the bare 'databricks' profile URI
+        return uri
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme.split("+", 1)[0] not in URI_SCHEMES:
+        raise ConfigError(path, f"unsupported URI scheme {shown(scheme)} (expected a path or a URI "
+                                f"with one of: {', '.join(URI_SCHEMES)})")
+    return uri
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """CLI/file URI, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``; SQLite paths made absolute."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if "://" not in uri:
+    if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
+    uri = check_tracking_uri(uri or DEFAULT_TRACKING_URI)
+    if "://" not in uri and uri != "databricks":
         return f"sqlite:///{Path(uri).resolve()}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
@@ -42,12 +68,25 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def store_lock(uri: str):
+    """A lock held while a process opens (for a new file: creates and migrates) a SQLite store, so that
+    two grids, or a grid and the UI, starting on the same new file never run MLflow's migrations at
+    once. A file lock (``<db>.lock``, released by the OS if its holder dies); no-op for other stores."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+
+
 class Tracker:
     """Creates and fills the MLflow runs of grids and trials through one ``MlflowClient``.
 
     With ``connect_in_background`` the client is made, and the store opened (for a new SQLite file:
     MLflow's schema migrations, about 2 s), in a thread: a grid starts Ray meanwhile. The first use
-    of :attr:`client` waits for it and raises what the connection raised.
+    of :attr:`client` waits for it and raises what the connection raised. A SQLite store is always
+    opened at once, under :func:`store_lock`, so concurrent first uses of a new file cannot race.
     """
 
     def __init__(self, tracking_uri: str | None = None, connect_in_background: bool = False):
@@ -69,9 +108,10 @@ class Tracker:
         try:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
-            if open_store:
-                self._client.search_experiments(max_results=1)
+            with store_lock(self.uri):  # a SQLite store is created and migrated under the lock
+                self._client = MlflowClient(tracking_uri=self.uri)
+                if open_store or _sqlite_path(self.uri) is not None:
+                    self._client.search_experiments(max_results=1)
         except BaseException as exc:  # re-raised by the first use of .client
             self._error = exc
         finally:
@@ -96,6 +136,7 @@ class Tracker:
 
     # ---- experiments and runs -------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> str | None:
+        check_name("name", name)  # it reaches the artifact path below
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
@@ -136,19 +177,27 @@ class Tracker:
         return run_id
 
     def log_experience(self, run_id: str, report: dict) -> None:
-        """Per-experience metrics of one report (step = experience index)."""
-        from mlflow.entities import Metric
+        """Per-experience metrics of one report (step = experience index); the report's score and its
+        direction (``metric``, ``higher_is_better``) become the tags ``clmem.metric``/``clmem.higher_is_better``."""
+        from mlflow.entities import Metric, RunTag
 
         step, now = int(report["experience"]), int(time.time() * 1000)
         items = [(k, v) for k, v in report.items() if k not in _NOT_METRICS and _is_number(v)]
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in items])
+        tags = [RunTag(tag, str(report[k])) for k, tag in _SCORE_TAGS.items() if report.get(k) is not None]
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in items], tags=tags)
 
-    def finish_trial(self, run_id: str, report: dict | None, status: str = "FINISHED") -> None:
-        """Log R (JSON + heatmap) from the last report and end the run with ``status``."""
+    def finish_trial(self, run_id: str, report: dict | None, status: str = "FINISHED",
+                     error: str | None = None) -> None:
+        """Log R (JSON + heatmap) from the last report and end the run with ``status``. A FAILED run gets
+        the tag ``clmem.error``: ``error``, or else :func:`failure_message` of the exception being raised
+        (when called from a ``finally`` block around the trial)."""
         if report and "R" in report:
             self._log_matrix(run_id, report["R"], report.get("b"), report.get("R_png"))
         if report and report.get("memory_png"):
             self._log_png(run_id, report["memory_png"], "memory.png")
+        message = (error or failure_message()) if status == "FAILED" else None
+        if message:
+            self.set_tags(run_id, {ERROR_TAG: message})
         self.client.set_terminated(run_id, status=status)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -228,6 +277,22 @@ class Tracker:
         self._log_png(run_id, png_base64 or render(accuracy_heatmap, R), "R.png")
 
 
+def failure_message(limit: int = 500) -> str | None:
+    """One line for the exception being handled or raised right now (None when there is none):
+    ``"Type: message"``, the message's last non-empty line (a wrapped remote traceback ends with the
+    original error), at most ``limit`` characters."""
+    import sys
+
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return None
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    if not text.startswith(type(exc).__name__):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:limit]
+
+
 def grid_hash(experiment: Experiment) -> str:
     """Identifies a grid by its trials (same resolved trials → same hash)."""
     import hashlib
@@ -253,5 +318,6 @@ def parse_axes(parent_run) -> list[str]:
 
 
 def runs_table(runs: Iterable) -> list[dict]:
-    """Each run as ``{params..., metrics...}`` (metrics hold the latest value of each key)."""
-    return [{"params": params_of(r), "metrics": metrics_of(r), "status": r.info.status} for r in runs]
+    """Each run as ``{params, metrics, status, tags}`` (metrics hold the latest value of each key)."""
+    return [{"params": params_of(r), "metrics": metrics_of(r), "status": r.info.status, "tags": dict(r.data.tags)}
+            for r in runs]

@@ -5,14 +5,13 @@ Per training iteration of an Avalanche ``SupervisedTemplate``:
 1. ``before_forward``: ``batch_size_mem`` items are retrieved from the store — ``random``
    (uniform over the held items) or ``nearest`` (MIR-like: for every item of the current batch its
    nearest stored neighbours in feature space, see :func:`nearest_slots`; the batch is embedded
-   first with ``model.features``, no gradient) — and appended to the minibatch, so the model runs
+   first with :func:`embed`, no gradient) — and appended to the minibatch, so the model runs
    **one** forward pass over current and replayed items.
 2. ``after_forward``: the minibatch and ``mb_output`` are cut back to the current items (so the
    strategy's criterion, its metrics and other plugins see only them); the replayed rows' outputs
-   are kept. The current batch's features are taken from the input of ``model.classifier`` in that
-   same forward pass (a forward pre-hook) when the model has ``features`` and a ``classifier``
-   module (``forward = classifier(features(x))``, as clmem's MLP and CNN); otherwise they are
-   computed with :func:`embed`.
+   are kept. The current batch's features are taken from the input of the model's last ``nn.Linear`` in
+   that same forward pass (a forward pre-hook; Avalanche's convention, see
+   :mod:`strategies.features`); a model without one gets :func:`embed` (its flattened input).
 3. ``before_backward``: the replay loss is added to the strategy's loss::
 
        loss += beta * criterion(out_mem, y_mem) + alpha * MSE(out_mem, logits_mem)
@@ -45,15 +44,18 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
 from clmem.episodic import EpisodeBatch, EpisodicStore, EpisodicStoreConfig, ShardedEpisodicStore
+from strategies.features import embed as features_of
+from strategies.features import last_linear
 
 RETRIEVALS = ("random", "nearest")
 
 
 def embed(model: nn.Module, x: Tensor) -> Tensor:
-    """Feature vectors ``[B, D]`` of ``x``: ``model.features(x)`` (flattened input without it), no grad."""
-    with torch.no_grad():
-        feats = model.features(x) if hasattr(model, "features") else x
-    return feats.reshape(feats.shape[0], -1).detach().float()
+    """Feature vectors ``[B, D]`` of ``x`` (:func:`strategies.features.embed`: ``get_features`` or the input
+    of the last ``nn.Linear``; the flattened input for a model with neither), no grad, float32."""
+    if not callable(getattr(model, "get_features", None)) and last_linear(model) is None:
+        return x.detach().reshape(x.shape[0], -1).float()
+    return features_of(model, x)
 
 
 def nearest_slots(ids: Tensor, n: int) -> Tensor:
@@ -114,8 +116,8 @@ class EpisodicReplay(SupervisedPlugin):
         self.iterations = 0  # training iterations seen
         self.replayed = 0  # items replayed in total
         self.last_replayed: Tensor | None = None  # slot ids replayed at the latest iteration
-        self._hook: Any = None  # forward pre-hook on model.classifier while training
-        self._captured: Tensor | None = None  # classifier input of the latest forward
+        self._hook: Any = None  # forward pre-hook on the last nn.Linear while training
+        self._captured: Tensor | None = None  # head input of the latest forward
         self._n_current = 0  # rows of the current minibatch (before replayed rows were appended)
         self._features: Tensor | None = None  # the current batch's features
         self._replay: EpisodeBatch | None = None  # items replayed at this iteration
@@ -174,8 +176,8 @@ class EpisodicReplay(SupervisedPlugin):
 
     # -- Avalanche callbacks -----------------------------------------------------------------
     def before_training_exp(self, strategy, **kwargs):
-        head = getattr(strategy.model, "classifier", None)
-        if hasattr(strategy.model, "features") and isinstance(head, nn.Module):
+        head = last_linear(strategy.model)
+        if head is not None:
             self._hook = head.register_forward_pre_hook(self._capture)
 
     def after_training_exp(self, strategy, **kwargs):
@@ -184,7 +186,7 @@ class EpisodicReplay(SupervisedPlugin):
             self._hook, self._captured = None, None
 
     def _capture(self, module: nn.Module, args: tuple) -> None:
-        """Forward pre-hook on ``model.classifier``: remember its input (the features)."""
+        """Forward pre-hook on the last ``nn.Linear``: remember its input (the features)."""
         self._captured = args[0]
 
     def before_forward(self, strategy, **kwargs):

@@ -1,6 +1,8 @@
 """Memory classifiers: an encoder plus a key-value (Hopfield) memory, and a nearest-class-mean baseline.
 
-Both wrap an encoder (any model with ``features(x)``, e.g. :class:`clmem.models.MLP`):
+Both wrap an encoder: any classifier ending in an ``nn.Linear`` head (features by Avalanche's
+convention, see :mod:`strategies.features`: ``get_features(x)``, else the head's input), e.g.
+clmem's ``mlp``/``cnn`` or Avalanche's ``SimpleMLP``/``SimpleCNN``:
 
 * :class:`KVMemoryClassifier` stores ``(key, one-hot label)`` pairs in a
   :class:`clmem.memory.hopfield.HopfieldMemory` (keys = L2-normalised features) and classifies a
@@ -20,7 +22,7 @@ on the first experience, then freeze) or ``"always"`` (older keys/means go stale
 drifts). Measured on split_digits (MLP 128×2, 5 epochs, seed 0, stream accuracy): hopfield_kv
 0.91 (β 30, 50 keys/class) vs 0.37 / 0.18 (β 10, 20 keys/class), ncm 0.84 / 0.54 / 0.18 for
 never / first / always — an encoder trained on
-two classes collapses the features of the others. Only the encoder's head (``classifier.*``)
+two classes collapses the features of the others. Only the encoder's head (its last ``nn.Linear``)
 keeps training once frozen; it is unused at evaluation.
 The memories are module buffers, so they are saved by the model's ``state_dict``.
 """
@@ -34,23 +36,12 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
 from clmem.memory.hopfield import HopfieldConfig, HopfieldMemory
+from strategies.features import extract_features, head_shape, last_linear
 
 TRAIN_ENCODER = ("first", "always", "never")
-HEAD_PREFIXES = ("classifier.",)
-
-
 def _features(encoder: nn.Module, x: Tensor, normalize: bool) -> Tensor:
-    feats = encoder.features(x) if hasattr(encoder, "features") else x
-    feats = feats.reshape(feats.shape[0], -1)
+    feats = extract_features(encoder, x)
     return F.normalize(feats, dim=-1) if normalize else feats
-
-
-def _head_shape(encoder: nn.Module) -> tuple[int, int]:
-    head = getattr(encoder, "classifier", None)
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(encoder).__name__}: expected a model with features(x) and a Linear `classifier` "
-                         "(its in/out features give the key size and the number of classes)")
-    return head.in_features, head.out_features
 
 
 class KVMemoryClassifier(nn.Module):
@@ -68,7 +59,7 @@ class KVMemoryClassifier(nn.Module):
                  keys_per_class: int = 50, beta: float = 30.0, normalize: bool = True):
         super().__init__()
         if num_classes is None or key_size is None:
-            k, c = _head_shape(encoder)
+            k, c = head_shape(encoder)
             key_size, num_classes = key_size or k, num_classes or c
         self.encoder = encoder
         self.num_classes, self.keys_per_class, self.normalize = num_classes, keys_per_class, normalize
@@ -76,7 +67,7 @@ class KVMemoryClassifier(nn.Module):
                                                     value_size=num_classes, beta=beta, steps=1, policy="ring"))
         self.register_buffer("class_counts", torch.zeros(num_classes, dtype=torch.long))
 
-    def features(self, x: Tensor) -> Tensor:
+    def get_features(self, x: Tensor) -> Tensor:
         return _features(self.encoder, x, self.normalize)
 
     @property
@@ -103,7 +94,7 @@ class KVMemoryClassifier(nn.Module):
 
     def scores(self, x: Tensor) -> Tensor:
         """``log`` of the retrieved class distribution ``[B, num_classes]``."""
-        p = self.memory(self.features(x))
+        p = self.memory(self.get_features(x))
         return torch.log(p.clamp_min(1e-8))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -117,13 +108,13 @@ class NCMClassifier(nn.Module):
                  normalize: bool = True):
         super().__init__()
         if num_classes is None or feature_size is None:
-            k, c = _head_shape(encoder)
+            k, c = head_shape(encoder)
             feature_size, num_classes = feature_size or k, num_classes or c
         self.encoder, self.num_classes, self.normalize = encoder, num_classes, normalize
         self.register_buffer("sums", torch.zeros(num_classes, feature_size))
         self.register_buffer("counts", torch.zeros(num_classes))
 
-    def features(self, x: Tensor) -> Tensor:
+    def get_features(self, x: Tensor) -> Tensor:
         return _features(self.encoder, x, self.normalize)
 
     @property
@@ -143,7 +134,7 @@ class NCMClassifier(nn.Module):
         return int(labels.numel())
 
     def scores(self, x: Tensor) -> Tensor:
-        q = self.features(x)
+        q = self.get_features(x)
         d = torch.cdist(q, self.means.to(q)) ** 2
         return (-d).masked_fill(self.counts.to(q.device) == 0, -1e9)
 
@@ -171,8 +162,10 @@ class MemoryClassifierPlugin(SupervisedPlugin):
 
     @staticmethod
     def _freeze(model: nn.Module) -> None:
-        for name, p in model.encoder.named_parameters():
-            if not name.startswith(HEAD_PREFIXES):
+        head = last_linear(model.encoder)
+        keep = {id(p) for p in head.parameters()} if head is not None else set()
+        for p in model.encoder.parameters():
+            if id(p) not in keep:
                 p.requires_grad_(False)
 
     def before_training_exp(self, strategy, **kwargs):
@@ -187,7 +180,7 @@ class MemoryClassifierPlugin(SupervisedPlugin):
         loader = torch.utils.data.DataLoader(strategy.experience.dataset, batch_size=self.mb_size, shuffle=False)
         for batch in loader:
             x, y = batch[0].to(strategy.device), batch[1].to(strategy.device)
-            model.write(model.features(x), y)
+            model.write(model.get_features(x), y)
         model.train(was_training)
         self.experiences_seen += 1
         if self.train_encoder == "first":

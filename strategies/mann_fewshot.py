@@ -14,124 +14,33 @@ at 1st / 2nd / … / 10th after ~10⁵ episodes).
 
 Data: ``images_background.npz`` (``images [C, 20, 105, 105]`` bool) from a path or
 ``$CLMEM_DATA/omniglot`` (:func:`load_omniglot`), or the characters of a Vinyals et al. split
-(:func:`load_omniglot_split`); a missing file raises a one-line ``FileNotFoundError`` naming it.
+(:func:`load_omniglot_split`); a missing file raises a one-line ``FileNotFoundError`` naming it. The loaders and
+episode functions live in :mod:`clmem.tasks.omniglot` (re-exported here), with the ``omniglot_episodes`` stream
+whose samples are already in the ``(x_t, y_{t-1})`` layout: ``model(x)`` without ``y`` takes them as they are, so
+both learners (and the registry's ``mann``/``lstm``) train on it under any strategy.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clmem.memory.cores import MANNCore, MANNCoreConfig
-
-DEFAULT_FILE = "images_background.npz"
-
-
-def default_omniglot_path() -> Path:
-    root = Path(os.environ.get("CLMEM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return root / "omniglot" / DEFAULT_FILE
+# the loaders and episode functions live in clmem.tasks.omniglot (re-exported here)
+from clmem.tasks.omniglot import (DEFAULT_FILE, accuracy_by_instance, default_omniglot_path,  # noqa: F401
+                                  instance_index, load_omniglot, load_omniglot_split, sample_episodes,
+                                  shifted_inputs)
 
 
-def _downsample(images: np.ndarray, size: int, chunk: int = 64) -> Tensor:
-    """``[C, D, 105, 105]`` bool → ``[C, D, size, size]`` float in [0, 1], strokes = 1, area-averaged.
-
-    Converts ``chunk`` characters at a time (the whole background set as float32 would be ~850 MB).
-    """
-    strokes_are_zero = images[: min(len(images), chunk)].mean() > 0.5  # Omniglot: black strokes on white
-    out = []
-    for start in range(0, len(images), chunk):
-        block = torch.from_numpy(images[start:start + chunk].astype(np.float32))
-        block = 1.0 - block if strokes_are_zero else block
-        out.append(F.adaptive_avg_pool2d(block, size))
-    return torch.cat(out)
-
-
-def load_omniglot(path: str | os.PathLike | None = None, size: int = 20) -> Tensor:
-    """Omniglot images as ``[C, 20, size, size]`` float tensors in [0, 1] (strokes = 1), area-downsampled."""
-    path = Path(path) if path is not None else default_omniglot_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"Omniglot file not found: {path} (expected images_background.npz with an "
-                                "'images' array [C, 20, 105, 105]; pass its path or set CLMEM_DATA)")
-    return _downsample(np.load(path)["images"], size)
-
-
-def load_omniglot_split(root: str | os.PathLike, split: str, size: int = 20) -> Tensor:
-    """The characters of a Vinyals et al. split (``splits_vinyals/<split>.txt``: ``train``, ``val``,
-    ``trainval`` or ``test``) as ``[C, 20, size, size]``, C = distinct ``alphabet/character`` names
-    (1200 for ``trainval``, 423 for ``test``: Santoro et al.'s 1200 / 423 split). The ``rotNNN``
-    suffixes are dropped: rotations are drawn per episode by :func:`sample_episodes`.
-    ``root`` holds ``character_index.tsv``, both npz files and ``splits_vinyals/``.
-    """
-    root = Path(root)
-    listing, index = root / "splits_vinyals" / f"{split}.txt", root / "character_index.tsv"
-    for path in (listing, index):
-        if not path.is_file():
-            raise FileNotFoundError(f"Omniglot file not found: {path} (expected the Omniglot folder with "
-                                    "character_index.tsv and splits_vinyals/)")
-    rows: dict[str, tuple[str, int]] = {}
-    for line in index.read_text().splitlines()[1:]:
-        _, npz, alphabet, character, row = line.split("\t")
-        rows[f"{alphabet}/{character}"] = (npz, int(row))
-    names = list(dict.fromkeys("/".join(line.split("/")[:2]) for line in listing.read_text().split()))
-    missing = [n for n in names if n not in rows]
-    if missing:
-        raise ValueError(f"load_omniglot_split: {len(missing)} characters of {listing} are not in {index} "
-                         f"(first: {missing[0]})")
-    parts = []
-    for npz in sorted({rows[n][0] for n in names}):
-        wanted = [rows[n][1] for n in names if rows[n][0] == npz]
-        parts.append(_downsample(np.load(root / f"{npz}.npz")["images"][wanted], size))
-    return torch.cat(parts)
-
-
-def sample_episodes(images: Tensor, batch: int, n_way: int = 5, shots: int = 10,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """``batch`` episodes from ``images [C, D, S, S]``: inputs ``[B, T, S²]``, labels ``[B, T]`` (T = n_way × shots).
-
-    Per episode: ``n_way`` distinct characters, each rotated by its own random multiple of 90° (class
-    augmentation) and given label 0..n_way-1 in random order; ``shots`` distinct drawers per character;
-    the ``T`` presentations in random order.
-    """
-    n_chars, n_drawers = images.shape[:2]
-    if n_way > n_chars or shots > n_drawers:
-        raise ValueError(f"sample_episodes: {n_way}-way {shots}-shot needs >= {n_way} characters and >= {shots} "
-                         f"drawers, images have {n_chars} and {n_drawers}")
-    chars = torch.rand(batch, n_chars, generator=generator).argsort(1)[:, :n_way]  # [B, n_way]
-    rot = torch.randint(0, 4, (batch, n_way), generator=generator)  # [B, n_way]
-    drawers = torch.rand(batch, n_way, n_drawers, generator=generator).argsort(-1)[..., :shots]  # [B, n_way, shots]
-    order = torch.rand(batch, n_way * shots, generator=generator).argsort(1)
-    y = torch.arange(n_way).repeat_interleave(shots)[order]  # [B, T]
-    b = torch.arange(batch).unsqueeze(1)
-    frames = images[chars[b, y], drawers[b, y, instance_index(y, n_way) - 1]].clone()  # [B, T, S, S]
-    turns = rot[b, y]
-    for k in (1, 2, 3):
-        mask = turns == k
-        frames[mask] = torch.rot90(frames[mask], k, (-2, -1))
-    return frames.flatten(2), y
-
-
-def shifted_inputs(x: Tensor, y: Tensor, n_way: int) -> Tensor:
-    """``[B, T, D + n_way]``: each image with the one-hot label of the previous step (zeros first)."""
-    prev = F.one_hot(y, n_way).float().roll(1, dims=1)
-    prev[:, 0] = 0.0
-    return torch.cat([x, prev], dim=-1)
-
-
-def instance_index(y: Tensor, n_way: int = -1) -> Tensor:
-    """``[B, T]`` 1-based presentation number of each step's class within its episode."""
-    onehot = F.one_hot(y, n_way).long()
-    return (onehot.cumsum(1) * onehot).sum(-1)
-
-
-def accuracy_by_instance(logits: Tensor, y: Tensor, instances=(1, 2, 3, 4, 5, 10)) -> dict[int, float]:
-    """Accuracy on the ``k``-th presentation of a class, for each ``k`` in ``instances`` (NaN if none)."""
-    correct = (logits.argmax(-1) == y).float()
-    idx = instance_index(y)
-    return {k: (correct[idx == k].mean().item() if (idx == k).any() else float("nan")) for k in instances}
+def _episode_inputs(x: Tensor, y: Tensor | None, n_way: int, width: int) -> Tensor:
+    """``x [B, T, D]`` with labels ``y [B, T]`` → the MANN layout ``[B, T, D + n_way]``; with ``y=None``, ``x``
+    is already in that layout (the ``omniglot_episodes`` stream's samples). ``width`` = D + n_way."""
+    out = x if y is None else shifted_inputs(x, y, n_way)
+    if out.dim() != 3 or out.shape[-1] != width:
+        given = "x" if y is None else "x with the previous-label channels"
+        raise ValueError(f"few-shot learner: expected {given} of shape [B, T, {width}] (image + {n_way} "
+                         f"previous-label channels), got {list(out.shape)}")
+    return out
 
 
 class MANNFewShot(nn.Module):
@@ -145,8 +54,9 @@ class MANNFewShot(nn.Module):
                                             hidden_size=hidden_size, memory_size=memory_size, word_size=word_size,
                                             num_reads=num_reads, num_writes=1))
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        out, _ = self.core(shifted_inputs(x, y, self.n_way))
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``(x [B, T, D], y [B, T])`` or, inside a strategy, ``x [B, T, D + n_way]`` → logits ``[B, T, n_way]``."""
+        out, _ = self.core(_episode_inputs(x, y, self.n_way, self.core.config.input_size))
         return out
 
 
@@ -159,8 +69,9 @@ class LSTMFewShot(nn.Module):
         self.lstm = nn.LSTM(image_size * image_size + n_way, hidden_size, batch_first=True)
         self.output_layer = nn.Linear(hidden_size, n_way)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        out, _ = self.lstm(shifted_inputs(x, y, self.n_way))
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """As :meth:`MANNFewShot.forward`."""
+        out, _ = self.lstm(_episode_inputs(x, y, self.n_way, self.lstm.input_size))
         return self.output_layer(out)
 
 

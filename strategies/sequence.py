@@ -138,4 +138,4 @@ _DESCRIPTIONS = {
     "sequence_replay": "the sequence strategy with Avalanche's ReplayPlugin",
 }
 for _name, _options in SEQUENCE_OPTIONS.items():
-    STRATEGIES.register(_name, _options, _DESCRIPTIONS[_name])(_builder(_name))
+    STRATEGIES.register(_name, _options, _DESCRIPTIONS[_name], template=lambda: SequenceStrategy)(_builder(_name))

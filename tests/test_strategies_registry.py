@@ -57,7 +57,7 @@ def test_bad_strategy_options_raise_config_error():
     model = tiny_model()
     kwargs = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                   criterion=torch.nn.CrossEntropyLoss())
-    with pytest.raises(ConfigError, match="strategy.mem_size: unknown option of strategy 'naive'"):
+    with pytest.raises(ConfigError, match="strategy.mem_size: unknown argument of strategy 'naive' \(expected one of: .*eval_every"):
         create_strategy("naive", mem_size=5, **kwargs)
     with pytest.raises(ConfigError, match="strategy.mem_size: expected an integer >= 1, got 0"):
         create_strategy("replay", mem_size=0, **kwargs)

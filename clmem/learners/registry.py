@@ -23,6 +23,9 @@ from .sequence import CORES, make_sequence_learner
 
 __all__ = ["MemN2NClassifier", "SEQUENCE_LEARNERS"]
 
+#: Stream kinds a sequence learner (``x [B, T, D]`` -> ``[B, T, V]``) takes: bit sequences, bAbI as a
+#: word sequence, few-shot episodes (see :mod:`clmem.compat`).
+SEQUENCE_KINDS = ("bits", "qa_sequence", "episodes")
 _HIDDEN = {"hidden_size": Opt(int, 64, min=1, help="controller / LSTM hidden units")}
 _CORE = {
     **_HIDDEN,
@@ -61,7 +64,8 @@ def _sequence_builder(kind: str):
 
 for _kind, _options in SEQUENCE_LEARNERS.items():
     if _kind == "lstm" or _kind in CORES:
-        MODELS.register(_kind, _options, _DESCRIPTIONS[_kind])(_sequence_builder(_kind))
+        MODELS.register(_kind, _options, _DESCRIPTIONS[_kind], accepts=SEQUENCE_KINDS,
+                        config=CORES[_kind].config_class if _kind in CORES else None)(_sequence_builder(_kind))
 
 
 class MemN2NClassifier(nn.Module):
@@ -90,6 +94,7 @@ class MemN2NClassifier(nn.Module):
         "init_std": Opt(float, 0.1, min=1e-6),
     },
     "end-to-end memory network (Sukhbaatar et al. 2015) on bAbI streams with encoding: memnet",
+    accepts=("qa_memnet",),
 )
 def memn2n(input_shape, num_classes, **options):
     if len(input_shape) != 2:

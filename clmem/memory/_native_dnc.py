@@ -3,31 +3,29 @@
 ``PreLink``: usage, allocation (stable radix sort), write content lookup, write weights, erase-and-write, precedence;
 ``PostLink``: read content lookup, read-mode mixing, read words. Values and gradients are those of the pure
 functions in ``addressing`` (``update_usage``, ``allocation_weights``, ``content_weights``, ``write_weights``,
-``erase_and_write``, ``update_precedence``, ``read_weights``, ``read_memory``): the formulas below are their
+``erase_and_write``, ``update_precedence``, ``read_weights``, ``read_memory``): the C kernels are their
 backward passes written out per batch item. The pure functions stay the specification; the tests compare both
 in float64 and run ``gradcheck``. For small memories the composed path is bound by per-op dispatch (hundreds of
 small torch ops per step); these nodes do the same work in two C calls forward and two backward. Inside a
 ``LinkTape`` unroll ``_native_step.DNCStep`` calls the same kernels (and the link step) from one node.
 
-Built and loaded like ``_native_link`` (``CLMEM_NATIVE=0`` disables; ``None`` without a C compiler).
+The source is ``native/dnc.c`` (helpers in ``native/vec.h``), built and loaded by ``_native_build`` like
+``_native_link`` (``CLMEM_NATIVE=0`` disables; ``None`` without a C compiler or, with a warning, when the build fails).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
-from typing import Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import _native_link as build
+from . import _native_build as build
 
-from ._native_dnc_src import _SOURCE
-
-_I64, _PTR, _F64 = build.ctypes.c_int64, build.ctypes.c_void_p, build.ctypes.c_double
-_HEAD = [_I64] * 4 + [_PTR, _F64]
-_ACT = [_I64] * 3 + [_PTR]
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _lib = None
 _tried = False
 
@@ -37,14 +35,23 @@ PRE_FIELDS = ("free_gates", "write_keys", "write_strengths", "allocation_gates",
 POST_FIELDS = ("read_keys", "read_strengths", "read_modes")
 
 
+def signatures(real: type) -> Dict[str, List[type]]:
+    """``argtypes`` of ``native/dnc.c``'s functions for the element type ``real`` (``c_float``/``c_double``)."""
+    i64, p = ctypes.c_int64, build.pointer(real)
+    ip, pp = build.pointer(ctypes.c_int64), build.pointer(build.pointer(real))
+    head, act = [i64] * 4 + [ip, ctypes.c_double], [i64] * 3 + [ip]  # B, N, W, R, st, eps; B, I, K, ranges
+    return {"pre_forward": head + [p] * 5 + [p] * 7 + [p] * 4 + [p, p, ip, ip],  # state, fields, out, saved, tmp
+            "pre_backward": head + [p] * 11 + [p, p, p, ip] + [p] * 4 + [pp, p],  # inputs, saved, incoming, out
+            "post_forward": head + [p] * 6 + [p] * 2 + [p] * 3,  # inputs, outputs, saved
+            "post_backward": head + [p] * 6 + [p] * 4 + [p] * 2 + [pp, p],  # inputs, saved, incoming, out
+            "activate": act + [p] * 2, "activate_backward": act + [p] * 4}
+
+
 def kernels():
-    """The loaded library or ``None`` (see ``_native_link.load_library``)."""
+    """The loaded library or ``None`` (see ``_native_build.load_library``)."""
     global _lib, _tried
     if not _tried:
-        _tried, _lib = True, build.load_library(_SOURCE, "dnc_step", {
-            "pre_forward": _HEAD + [_PTR] * 20, "pre_backward": _HEAD + [_PTR] * 21,
-            "post_forward": _HEAD + [_PTR] * 11, "post_backward": _HEAD + [_PTR] * 14,
-            "activate": _ACT + [_PTR] * 2, "activate_backward": _ACT + [_PTR] * 4})
+        _tried, _lib = True, build.load_library("dnc", signatures)
     return _lib
 
 

@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from clmem.benchmarks import BENCHMARKS, PREFLIGHT, Stream
+from clmem.learners.readout import AnswerStep
 from clmem.options import Opt
 
 from .algorithmic import TASKS as _TASK_CLASSES
@@ -212,7 +213,8 @@ _ALGO_OPTS = {
 
 @BENCHMARKS.register("continual_algorithmic", _ALGO_OPTS,
                      "NTM tasks one after another (copy, repeat copy, associative recall, priority sort); "
-                     "bits per sequence")
+                     "bits per sequence", kind="bits",
+                     tiny={"tasks": "copy,associative_recall", "train_samples": 8, "test_samples": 4})
 def continual_algorithmic(seed: int, tasks: str = _ALGO_OPTS["tasks"].default, order: str = "given",
                           num_bits: int = 4, min_length: int = 1, max_length: int = 5, max_repeats: int = 3,
                           item_length: int = 2, min_items: int = 2, max_items: int = 4, sort_outputs: int = 2,
@@ -334,11 +336,20 @@ def _babi_stream(seed: int, experiences: list[list[int]], data_root, layout, cac
     bench = _avalanche_benchmark(data["train"], data["test"])
     return Stream(bench, shape, vocab_size, metric="error", higher_is_better=False, metric_prefix="Error_Exp",
                   eval_metrics=lambda: [AnswerError(), BabiTaskErrors()], criterion=AnswerCrossEntropy,
-                  report=report_metrics)
+                  report=report_metrics, model_adapter=AnswerStep if encoding == "sequence" else None)
+
+
+def babi_kind(options: dict) -> str:
+    """Stream kind of a bAbI benchmark section: ``qa_memnet`` or ``qa_sequence`` (by its ``encoding``)."""
+    return f"qa_{options.get('encoding', 'memnet')}"
+
+
+_TINY_BABI = {"tasks": "1,6", "train_questions": 8, "test_questions": 4, "max_memory": 4}
 
 
 @BENCHMARKS.register("continual_babi", _BABI_OPTS,
-                     "bAbI tasks one experience per task (or group of tasks); error = 1 - accuracy")
+                     "bAbI tasks one experience per task (or group of tasks); error = 1 - accuracy",
+                     kind=babi_kind, tiny=_TINY_BABI)
 def continual_babi(seed: int, tasks: str = _BABI_OPTS["tasks"].default, groups: str | None = None,
                    order: str = "given", data_root: str | None = None, layout: str = "en",
                    cache_dir: str | None = None, encoding: str = "memnet", max_memory: int = 20,
@@ -351,7 +362,8 @@ def continual_babi(seed: int, tasks: str = _BABI_OPTS["tasks"].default, groups: 
 _JOINT_OPTS = {k: v for k, v in _BABI_OPTS.items() if k not in ("groups", "order")}
 
 
-@BENCHMARKS.register("babi_joint", _JOINT_OPTS, "every bAbI task in one experience (joint training)")
+@BENCHMARKS.register("babi_joint", _JOINT_OPTS, "every bAbI task in one experience (joint training)",
+                     kind=babi_kind)
 def babi_joint(seed: int, tasks: str = _BABI_OPTS["tasks"].default, data_root: str | None = None,
                layout: str = "en", cache_dir: str | None = None, encoding: str = "memnet", max_memory: int = 20,
                train_questions: int = 1000, test_questions: int = 1000) -> Stream:

@@ -118,5 +118,5 @@ def test_joint_forward_keeps_the_strategy_view_and_stores_pre_update_features(re
     assert all(a == b == c and a <= 12 for a, b, c in watch.sizes)
     held = replay.store.get(replay.store.live_slots())
     with torch.no_grad():
-        torch.testing.assert_close(held.embeddings, model.features(held.inputs), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(held.embeddings, model.get_features(held.inputs), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(held.logits, model(held.inputs), rtol=1e-5, atol=1e-5)

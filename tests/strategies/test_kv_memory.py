@@ -8,13 +8,12 @@ from torch import nn
 
 from clmem.benchmarks import build_stream
 from clmem.models import build_model
-import strategies.clmem_strategies  # noqa: F401  (registers hopfield_kv, ncm)
 from strategies import create_strategy
 from strategies.kv_memory import KVMemoryClassifier, NCMClassifier
 
 
 class Identity(nn.Module):
-    def features(self, x):
+    def get_features(self, x):
         return x
 
     def forward(self, x):

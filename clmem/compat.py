@@ -1,0 +1,102 @@
+"""Which learner trains on which stream under which strategy, decided before anything runs.
+
+Every benchmark has a **stream kind** (registry meta ``kind``: a string, or a function of the
+resolved benchmark section), which fixes the shapes a model sees and how its outputs are scored:
+
+========== ============================================= ==========================================
+kind       sample ``(x, y)``                             learners (model meta ``accepts``)
+========== ============================================= ==========================================
+image      ``x [C, H, W]`` float, ``y`` class id         ``mlp``, ``cnn``, ``igor``, …
+bits       ``x [T, D]``, ``y [T, bits + 1]`` float bits  sequence learners (lstm, ntm, dnc, …)
+qa_sequence ``x [T, V]`` one-hot words, ``y`` answer id  sequence learners
+qa_memnet  ``x [M + 1, S]`` word ids, ``y`` answer id    ``memn2n``
+episodes   ``x [T, D + n_way]``, ``y [T]`` labels        sequence learners
+========== ============================================= ==========================================
+
+A strategy may refuse a kind (registry meta ``refuses``: a mapping kind → reason), e.g. the
+feature-memory classifiers need one class per sample. :func:`check_pair` is called for every trial
+when an experiment file is validated, so ``clmem validate`` refuses a pair with one line; the
+matrix test (``tests/test_matrix.py``) checks that every pair this module allows trains.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from clmem.options import ConfigError
+
+#: The stream kinds and what their samples are.
+STREAM_KINDS: dict[str, str] = {
+    "image": "images or flat vectors, one class id per sample",
+    "bits": "bit sequences x [T, D] with per-step float bit targets (bits per sequence)",
+    "qa_sequence": "bAbI as a one-hot word sequence x [T, V], the answer id as target",
+    "qa_memnet": "bAbI in the memory-network layout x [M + 1, S] of word ids, the answer id as target",
+    "episodes": "few-shot episodes x [T, D + n_way] with per-step labels y [T]",
+}
+
+
+def stream_kind(benchmark: dict) -> str:
+    """The stream kind of a resolved benchmark section ``{"name": ..., **options}``."""
+    from clmem.benchmarks import BENCHMARKS
+
+    kind = BENCHMARKS.get(benchmark["name"], "benchmark.name").meta.get("kind", "image")
+    return kind(benchmark) if callable(kind) else kind
+
+
+def model_accepts(name: str) -> tuple[str, ...]:
+    """The stream kinds model ``name`` takes (all kinds when its registration names none)."""
+    from clmem.models import MODELS
+
+    return tuple(MODELS.get(name, "model.name").meta.get("accepts", tuple(STREAM_KINDS)))
+
+
+def strategy_refusal(name: str, kind: str) -> str | None:
+    """Why strategy ``name`` cannot train on streams of ``kind`` (``None``: it can)."""
+    from strategies.registry import STRATEGIES
+
+    return dict(STRATEGIES.get(name, "strategy.name").meta.get("refuses", {})).get(kind)
+
+
+def refusal(model: str, strategy: str, kind: str) -> tuple[str, str] | None:
+    """``(key path, reason)`` when the pair cannot run on a stream of ``kind``, else ``None``."""
+    accepts = model_accepts(model)
+    if kind not in accepts:
+        return "model.name", (f"model {model!r} takes {' / '.join(accepts)} streams, not {kind} "
+                              f"({STREAM_KINDS.get(kind, kind)})")
+    reason = strategy_refusal(strategy, kind)
+    if reason is not None:
+        return "strategy.name", f"strategy {strategy!r} cannot train on {kind} streams: {reason}"
+    return None
+
+
+def check_model_options(model: dict[str, Any]) -> None:
+    """Cross-option checks of a resolved model section (e.g. ``num_chunks`` divides ``memory_size``).
+
+    A model registered with meta ``config`` (its frozen config dataclass, or a function of the options
+    building it) is checked by building that config with unit input/output sizes; its
+    ``ValueError("Owner.field: reason")`` becomes ``ConfigError("model.field", reason)``.
+    """
+    from clmem.models import MODELS
+
+    config = MODELS.get(model["name"], "model.name").meta.get("config")
+    if config is None:
+        return
+    options = {k: v for k, v in model.items() if k != "name"}
+    sizes = {} if not isinstance(config, type) else {"input_size": 1, "output_size": 1}
+    try:
+        config(**sizes, **options)
+    except (ValueError, TypeError) as err:
+        head, _, reason = str(err).partition(": ")
+        field = head.rsplit(".", 1)[-1] if reason and "." in head else None
+        if field is not None and field in options:
+            raise ConfigError(f"model.{field}", reason) from None
+        raise ConfigError("model", f"{model['name']}: {err}") from None
+
+
+def check_pair(resolved: dict[str, Any]) -> None:
+    """Raise a one-line :class:`ConfigError` when a resolved trial's model/strategy cannot run on its stream
+    or its model options contradict each other."""
+    check_model_options(resolved["model"])
+    kind = stream_kind(resolved["benchmark"])
+    found = refusal(resolved["model"]["name"], resolved["strategy"]["name"], kind)
+    if found is not None:
+        raise ConfigError(*found)

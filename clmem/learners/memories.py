@@ -1,0 +1,95 @@
+"""The associative, hierarchical and gated memories and the I/G/O/R network in the model registry.
+
+Names (see :data:`clmem.models.MODELS`):
+
+* ``associative``, ``hierarchical``, ``gated``: a controller over :mod:`clmem.memory.associative`,
+  :mod:`clmem.memory.hierarchical` or :mod:`clmem.memory.gated` as a sequence learner (the
+  :class:`~clmem.memory.cores.MemoryCore` plumbing, wrapped by
+  :class:`~clmem.learners.sequence.CoreSequenceLearner`): ``input_shape`` ``(T, D)``, ``x [B, T, D]`` ->
+  ``logits [B, T, num_classes]``, the recurrent state starting at zero for every batch.
+* ``igor``: the I/G/O/R memory network (:mod:`clmem.learners.igor`) on image streams: ``input_shape``
+  ``(C, H, W)``, ``x [B, C, H, W]`` -> ``logits [B, num_classes]``; its FAISS memory persists across batches
+  and experiences.
+"""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from clmem.memory.associative import AssociativeCore
+from clmem.memory.controller import CONTROLLER_KINDS
+from clmem.memory.gated import GatedCore
+from clmem.memory.hierarchical import HierarchicalCore
+from clmem.models import MODELS
+from clmem.options import Opt
+
+from .igor import STORE_INDEXES, IGORConfig, IGORNetwork
+from .sequence import CoreSequenceLearner
+
+__all__ = ["MEMORY_LEARNERS", "SEQUENCE_KINDS"]
+
+#: the stream kinds a sequence learner takes
+SEQUENCE_KINDS = ("bits", "qa_sequence", "episodes")
+
+_CORE = {
+    "hidden_size": Opt(int, 64, min=1, help="controller hidden units"),
+    "controller": Opt(str, "lstm", choices=tuple(CONTROLLER_KINDS)),
+    "memory_size": Opt(int, 32, min=1, help="memory slots N"),
+    "word_size": Opt(int, 16, min=1, help="memory word width W"),
+    "num_reads": Opt(int, 1, min=1),
+    "num_writes": Opt(int, 1, min=1),
+    "clip_value": Opt(float, 20.0, min=1e-6, nullable=True, help="clip of controller/core outputs (null: none)"),
+}
+#: name -> (core class, options, description)
+MEMORY_LEARNERS = {
+    "associative": (AssociativeCore, {**_CORE, "steps": Opt(int, 1, min=1, max=16, help="Hopfield updates per recall")},
+                    "controller + associative memory (modern Hopfield pattern completion, Ramsauer et al. 2020) "
+                    "as a sequence learner"),
+    "hierarchical": (HierarchicalCore, {
+        **_CORE,
+        "num_chunks": Opt(int, 4, min=1, help="chunks C of the top level (must divide memory_size)"),
+        "read_chunks": Opt(int, 1, min=1, help="chunks searched per access (<= num_chunks)"),
+    }, "controller + two-level chunked memory (maximum inner product over chunk means, then content "
+       "attention inside) as a sequence learner"),
+    "gated": (GatedCore, {**_CORE, "retain_bias": Opt(float, 1.0, min=-10.0, max=10.0,
+                                                      help="bias of the per-slot retain-gate logits")},
+              "controller + memory with learned per-slot write and retain gates as a sequence learner"),
+}
+
+
+def _builder(name: str, core_class: type):
+    def build(input_shape, num_classes, **options) -> nn.Module:
+        if len(input_shape) != 2:
+            raise ValueError(f"model.name: {name!r} expects sequence inputs (T, D), got shape {tuple(input_shape)}")
+        core = core_class(input_size=int(input_shape[-1]), output_size=int(num_classes), **options)
+        return CoreSequenceLearner(core)
+
+    build.__name__ = f"build_{name}"
+    return build
+
+
+for _name, (_core, _options, _description) in MEMORY_LEARNERS.items():
+    MODELS.register(_name, _options, _description, accepts=SEQUENCE_KINDS,
+                    config=_core.config_class)(_builder(_name, _core))
+
+
+@MODELS.register(
+    "igor",
+    {
+        "hidden_size": Opt(int, 128, min=1, help="hidden units of the I and R MLPs"),
+        "feature_size": Opt(int, 64, min=1, help="memory vector width D"),
+        "memory_size": Opt(int, 256, min=1, help="memory slots N"),
+        "k": Opt(int, 8, min=1, help="slots O retrieves per query (<= memory_size)"),
+        "index": Opt(str, "flat", choices=STORE_INDEXES, help="FAISS index of the memory"),
+        "beta": Opt(float, 1.0, min=1e-6, help="initial sharpness of O's attention (learned)"),
+        "max_count": Opt(int, 0, min=0, help="cap on a slot's running-mean count (0: none)"),
+    },
+    "I/G/O/R memory network (Weston et al. 2014) with its memory in a FAISS episodic store",
+    accepts=("image",), config=lambda **options: IGORConfig(input_size=1, num_classes=1, **options),
+)
+def igor(input_shape, num_classes, **options) -> nn.Module:
+    if len(input_shape) != 3:
+        raise ValueError(f"model.name: 'igor' expects image inputs (C, H, W), got shape {tuple(input_shape)}")
+    return IGORNetwork(IGORConfig(input_size=math.prod(int(s) for s in input_shape), num_classes=int(num_classes),
+                                  **options))
