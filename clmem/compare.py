@@ -139,7 +139,7 @@ def describe_score(score: Score, metric: str = "ACC") -> list[str]:
                  "experience was trained (lower is better)")
     forgetting = ("Forgetting = rise of the error above its best earlier value" if not higher
                   else "Forgetting = drop below the best earlier score")
-    return [first, f"{signs}; {forgetting}, ≥ 0, 0 = none (lower is better)"]
+    return [first, f"{signs}; {forgetting} (0 = none, negative = ended better than ever before; lower is better)"]
 
 
 def describe(rows: list[dict], metric: str = "ACC") -> list[str]:

@@ -167,9 +167,10 @@ class MlflowDriverCallback(tune.Callback):
         self.tracker.log_experience(run_id, result)
         self.last_step[run_id] = result["experience"]
         self.progress(
-            f"[{self.done}/{self.total} trials done] trial {spec['index']} ({spec['strategy']['name']}, "
-            f"seed {spec['seed']}): experience {result['experience'] + 1}/{result['experiences_total']}, "
-            f"seen accuracy {result['seen_acc']:.3f}")
+            f"[{self.done}/{self.total} trials done] trial {spec['index']} ({spec['model']['name']}, "
+            f"{spec['strategy']['name']}, seed {spec['seed']}): experience {result['experience'] + 1}/"
+            f"{result['experiences_total']}, {str(result.get('metric', 'accuracy')).replace('_', ' ')} on "
+            f"experiences seen {result['seen_acc']:.3f}")
 
     def _warn_fallback(self, spec: dict, result: dict) -> None:
         if spec["resources"]["gpu"] > 0 and result.get("device") == "cpu" and not self.gpu_fallback:

@@ -102,7 +102,7 @@ def _score_plots(tracker: Tracker, runs, axes: list[str], score: Score, out: Pat
             higher_is_better=score.higher_is_better is not False))
     for metric, ylabel in (("seen_acc", f"{short} on experiences seen so far ({direction})"),
                            ("forgetting_at_step", f"average forgetting in {short}, Chaudhry et al. "
-                                                  f"(≥ 0, lower is better)")):
+                                                  f"(0 = none, lower is better)")):
         curves = {label: np.stack([_history(tracker, r, metric, T) for r in members])
                   for label, members in groups.items()}
         files.append(plots.curves_by_experience(curves, ylabel, out / f"{metric}_by_experience{suffix}.png",

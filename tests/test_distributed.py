@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_grid(name, strategies, seeds, resources):
     return {
         "name": name,
-        "benchmark": {"name": "split_digits", "n_experiences": 2},
+        "benchmark": {"name": "split_digits", "n_experiences": 2, "per_class": 30},
         "model": {"name": "mlp", "hidden_size": 16, "num_layers": 1},
         "strategy": {"name": strategies, "train_epochs": 1, "lr": 0.05},
         "seeds": seeds,

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def grid(strategy, seeds, **extra):
     raw = {
         "name": "faults",
-        "benchmark": {"name": "split_digits", "n_experiences": 5},
+        "benchmark": {"name": "split_digits", "n_experiences": 5, "per_class": 30},
         "model": {"name": "mlp", "hidden_size": 32, "num_layers": 1},
         "strategy": {"name": strategy, "train_epochs": 2, "lr": 0.05},
         "seeds": seeds,

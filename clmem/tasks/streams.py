@@ -214,7 +214,8 @@ _ALGO_OPTS = {
 @BENCHMARKS.register("continual_algorithmic", _ALGO_OPTS,
                      "NTM tasks one after another (copy, repeat copy, associative recall, priority sort); "
                      "bits per sequence", kind="bits",
-                     tiny={"tasks": "copy,associative_recall", "train_samples": 8, "test_samples": 4})
+                     tiny={"tasks": "copy,associative_recall", "train_samples": 8, "test_samples": 4, "max_length": 2,
+                           "item_length": 1, "max_items": 2})
 def continual_algorithmic(seed: int, tasks: str = _ALGO_OPTS["tasks"].default, order: str = "given",
                           num_bits: int = 4, min_length: int = 1, max_length: int = 5, max_repeats: int = 3,
                           item_length: int = 2, min_items: int = 2, max_items: int = 4, sort_outputs: int = 2,
@@ -344,7 +345,7 @@ def babi_kind(options: dict) -> str:
     return f"qa_{options.get('encoding', 'memnet')}"
 
 
-_TINY_BABI = {"tasks": "1,6", "train_questions": 8, "test_questions": 4, "max_memory": 4}
+_TINY_BABI = {"tasks": "1,6", "train_questions": 8, "test_questions": 4, "max_memory": 2}
 
 
 @BENCHMARKS.register("continual_babi", _BABI_OPTS,
