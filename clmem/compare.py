@@ -36,6 +36,8 @@ SCORES = {
     "bits_per_sequence": Score("bits_per_sequence", "bits per sequence (wrong output bits per test sequence)",
                                False),
     "error": Score("error", "error (fraction of test questions answered wrongly)", False),
+    "episode_accuracy": Score("episode_accuracy", "per-step accuracy of few-shot episodes (fraction of episode "
+                                                  "steps labelled correctly)", True),
 }
 #: Summary columns whose direction does not follow the score's.
 _FIXED_DIRECTION = {"Forgetting": False, "forgetting_at_step": False, "avl_forgetting": False,

@@ -374,7 +374,9 @@ _EPISODE_OPTS = {
 
 @BENCHMARKS.register("omniglot_episodes", _EPISODE_OPTS,
                      "Omniglot few-shot episodes (MANN layout), one experience per group of alphabets; "
-                     "per-step accuracy and accuracy by instance", kind="episodes")
+                     "per-step accuracy and accuracy by instance", kind="episodes",
+                     tiny={"n_experiences": 2, "alphabets": 2, "n_way": 2, "shots": 2, "image_size": 4,
+                           "train_episodes": 4, "test_episodes": 2})
 def omniglot_episodes(seed: int, n_experiences: int = 2, alphabets: int = 30, order: str = "given", n_way: int = 5,
                       shots: int = 10, image_size: int = 20, rotate: bool = True, test_fraction: float = 0.25,
                       train_episodes: int = 64, test_episodes: int = 32, data_root: str | None = None) -> Stream:
@@ -386,7 +388,7 @@ def omniglot_episodes(seed: int, n_experiences: int = 2, alphabets: int = 30, or
                                {"train": train_episodes, "test": test_episodes}, n_way, shots, rotate, seed)
     instances = tuple(k for k in INSTANCES if k <= shots)
     return Stream(_avalanche_benchmark(data["train"], data["test"]), (n_way * shots, image_size ** 2 + n_way), n_way,
-                  metric="accuracy", higher_is_better=True, metric_prefix="EpisodeAcc_Exp",
+                  metric="episode_accuracy", higher_is_better=True, metric_prefix="EpisodeAcc_Exp",
                   eval_metrics=lambda: [EpisodeAccuracy(), InstanceAccuracy(instances)],
                   criterion=EpisodeCrossEntropy, report=report_episodes)
 

@@ -52,7 +52,7 @@ def test_registered_as_an_episode_stream(fake):
     assert entry.meta["kind"] == "episodes"
     stream = _stream(fake)
     assert stream.input_shape == (T, D + N_WAY) and stream.num_classes == N_WAY
-    assert (stream.metric, stream.higher_is_better, stream.metric_prefix) == ("accuracy", True, "EpisodeAcc_Exp")
+    assert (stream.metric, stream.higher_is_better, stream.metric_prefix) == ("episode_accuracy", True, "EpisodeAcc_Exp")
     assert len(stream.benchmark.train_stream) == len(stream.benchmark.test_stream) == 2
     assert [len(e.dataset) for e in stream.benchmark.train_stream] == [6, 6]
 
