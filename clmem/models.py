@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from clmem.memory._validation import check_batch_input
 from clmem.options import Opt
 from clmem.registry import Registry
 
@@ -39,6 +40,7 @@ class MLP(nn.Module):
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_batch_input(f"{type(self).__name__}.forward", x, self.classifier.weight.dtype)
         return self.classifier(self.get_features(x))
 
 
@@ -66,6 +68,7 @@ class SmallCNN(nn.Module):
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_batch_input(f"{type(self).__name__}.forward", x, self.classifier.weight.dtype)
         return self.classifier(self.get_features(x))
 
 

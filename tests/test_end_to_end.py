@@ -9,7 +9,7 @@ from clmem.cli import main
 
 GRID = {
     "name": "e2e",
-    "benchmark": {"name": "split_digits", "n_experiences": 5, "per_class": 30},
+    "benchmark": {"name": "split_digits", "n_experiences": 5},
     "model": {"name": "mlp", "hidden_size": 32, "num_layers": 1},
     "strategy": {"name": ["naive", "replay"], "train_epochs": 1, "lr": 0.05,
                  "replay": {"mem_size": 50}},

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from clmem.episodic import EpisodicStore, EpisodicStoreConfig
+from clmem.memory._validation import check_batch_input
 from clmem.tasks._common import check_int
 
 STORE_INDEXES = ("flat", "hnsw")
@@ -273,6 +274,7 @@ class IGORNetwork(nn.Module):
         return attend_retrieved(query, found.vectors, found.valid, self.log_beta.exp())
 
     def forward(self, x: Tensor) -> Tensor:
+        check_batch_input("IGORNetwork.forward", x, self.log_beta.dtype)
         query = self.features(x)
         read, _ = self.output(query)
         if self.training:

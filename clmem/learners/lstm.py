@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from clmem.memory._validation import check_batch_input
 from clmem.tasks._common import check_int
 
 
@@ -41,5 +42,6 @@ class LSTMLearner(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.config.input_size:
             raise ValueError(f"LSTMLearner.forward: expected x of shape [B, T, {self.config.input_size}], "
                              f"got {tuple(x.shape)}")
+        check_batch_input("LSTMLearner.forward", x, self.output_layer.weight.dtype)
         hidden, _ = self.lstm(x, state)
         return self.output_layer(hidden)

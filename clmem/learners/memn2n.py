@@ -103,7 +103,7 @@ def encode_sentences(words: Tensor, tables: Tensor, dim: int, position: bool, fi
     if not position:
         return F.embedding_bag(words, tables, mode="sum", padding_idx=0)
     a, b = position_weights(words, dim, fixed_length)
-    bags = F.embedding_bag(torch.cat([words, words]), tables, per_sample_weights=torch.cat([a, b]),
+    bags = F.embedding_bag(torch.cat([words, words]), tables, per_sample_weights=torch.cat([a, b]).to(tables.dtype),
                            mode="sum", padding_idx=0)
     k = torch.arange(1, dim + 1, dtype=bags.dtype, device=bags.device) / dim
     return bags[: len(words)] + bags[len(words):] * k.repeat(tables.shape[1] // dim)

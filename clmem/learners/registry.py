@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from clmem.memory._validation import check_batch_input
 from clmem.memory.controller import CONTROLLER_KINDS
 from clmem.models import MODELS
 from clmem.options import Opt
@@ -76,6 +77,7 @@ class MemN2NClassifier(nn.Module):
         self.memn2n = memory
 
     def forward(self, x: Tensor) -> Tensor:
+        check_batch_input("MemN2NClassifier.forward", x)  # word ids: any dtype, finite when floating
         x = x.long()
         return self.memn2n(x[:, :-1], x[:, -1])
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
+
+import torch
 
 
 def check_int(owner: str, field: str, value: Any, minimum: int) -> None:
@@ -27,3 +29,33 @@ def check_choice(owner: str, field: str, value: Any, choices: Iterable[str]) -> 
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{owner}.{field}: expected one of {choices}, got {value!r}")
+
+
+def check_batch_input(owner: str, x: Any, dtype: Optional[torch.dtype] = None) -> None:
+    """Refuse a bad model input ``x [B, ...]`` with one ``ValueError`` line naming ``{owner}.x``.
+
+    Checks, in order: ``x`` is a tensor with ``B >= 1`` rows; when ``dtype`` (the model's parameter dtype) is
+    given, ``x`` has exactly that dtype; a floating ``x`` is finite (one ``isfinite().all()`` reduction, the
+    first bad batch row is searched only on failure). Integer ``x`` (word ids) skips the finite check, and so
+    does an ``x`` inside a ``torch.func`` transform (``vmap`` cannot branch on data; per-sample Fisher).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{owner}.x: expected a tensor [B, ...] with B >= 1, got {got}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{owner}.x: expected a batch of B >= 1 rows, got shape {tuple(x.shape)}")
+    if dtype is not None and x.dtype != dtype:
+        want, got = str(dtype).replace("torch.", ""), str(x.dtype).replace("torch.", "")
+        hint = "call model.double() for float64" if x.dtype == torch.float64 else f"cast x to {want}"
+        raise ValueError(f"{owner}.x: expected {want} input for a {want} model, got {got}; {hint}")
+    if (x.is_floating_point() or x.is_complex()) and not _in_functorch_transform(x):
+        if not bool(torch.isfinite(x).all()):
+            row = int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1).nonzero()[0, 0])
+            raise ValueError(f"{owner}.x: expected finite values, got nan/inf at batch row {row}")
+
+
+def _in_functorch_transform(x: torch.Tensor) -> bool:
+    """Whether ``x`` is wrapped by a ``torch.func`` transform (``vmap``, ``grad``)."""
+    functorch = getattr(torch._C, "_functorch", None)
+    wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    return bool(wrapped is not None and wrapped(x))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._validation import check_choice, check_int, check_positive_float
+from ._validation import check_batch_input, check_choice, check_int, check_positive_float
 from .controller import CONTROLLER_KINDS, Controller, ControllerState
 from .dnc import DNCMemory, DNCMemoryConfig
 from .lrua import LRUAMemory, LRUAMemoryConfig
@@ -201,6 +201,7 @@ class MemoryCore(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.config.input_size or x.shape[1] < 1:
             raise ValueError(f"{type(self).__name__}.forward: expected x of shape [B, T>=1, "
                              f"{self.config.input_size}], got {tuple(x.shape)}")
+        check_batch_input(f"{type(self).__name__}.forward", x, self.output_layer.weight.dtype)
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
         segment = self.checkpoint_segment(x, state)

@@ -123,3 +123,44 @@ def test_avalanche_ewc_and_si_train_a_dnc(name, options, copy_stream):
     assert math.isfinite(float(strategy.loss))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_normalize_fisher_by_hand():
+    from strategies.ewc_controller import normalize_fisher
+
+    fisher = {"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([[2.0, 1.0]])}
+    by_max = normalize_fisher(fisher, "max")
+    torch.testing.assert_close(by_max["a"], torch.tensor([0.25, 1.0]))
+    torch.testing.assert_close(by_max["b"], torch.tensor([[0.5, 0.25]]))
+    by_mean = normalize_fisher(fisher, "mean")  # mean entry (1 + 4 + 2 + 1) / 4 = 2
+    torch.testing.assert_close(by_mean["a"], torch.tensor([0.5, 2.0]))
+    assert normalize_fisher(fisher, "none")["a"] is fisher["a"]
+    zero = {"a": torch.zeros(3)}
+    assert torch.equal(normalize_fisher(zero, "max")["a"], torch.zeros(3))
+    with pytest.raises(ValueError, match="fisher_norm"):
+        normalize_fisher(fisher, "sum")
+
+
+def test_vmap_and_loop_agree_and_vmap_alone_fails_loudly_on_a_custom_function(copy_stream):
+    from strategies.ewc_controller import fisher_and_method
+
+    from clmem.models import MLP
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    mlp = MLP(5, 3, hidden_size=4, num_layers=1)
+    names = [n for n, _ in mlp.named_parameters()]
+    batch = [(torch.randn(6, 5, generator=g), torch.randint(0, 3, (6,), generator=g))]
+    by_vmap, used = fisher_and_method(mlp, names, batch, torch.nn.CrossEntropyLoss(), method="vmap")
+    by_loop, _ = fisher_and_method(mlp, names, batch, torch.nn.CrossEntropyLoss(), method="loop")
+    assert used == "vmap"
+    for n in names:
+        torch.testing.assert_close(by_vmap[n], by_loop[n], rtol=1e-4, atol=1e-8)
+    data = copy_stream.benchmark.train_stream[0].dataset
+    x = torch.stack([data[i][0] for i in range(4)])
+    y = torch.stack([data[i][1] for i in range(4)])
+    dnc = _learner("dnc", copy_stream.input_shape, copy_stream.num_classes)
+    names = [n for n, _ in dnc.named_parameters()]
+    assert fisher_and_method(dnc, names, [(x, y)], MaskedBitLoss())[1] == "loop"
+    with pytest.raises(Exception):
+        fisher_and_method(dnc, names, [(x, y)], MaskedBitLoss(), method="vmap")
