@@ -5,7 +5,7 @@ defaults here — no clipping, no curriculum — the same loop as Avalanche's ``
 sequence loop's options and one grid can put ``sequence`` and ``ewc_controller`` side by side.
 
 * ``ewc_controller``: :class:`~strategies.ewc_controller.EWCController` (EWC / online EWC on a
-  parameter subset, default the controller / everything but the classifier head).
+  parameter set — all by default, or a memory learner's controller — with a normalised Fisher).
 * ``episodic_replay``: :class:`~strategies.episodic_replay.EpisodicReplay` (FAISS store updated every
   batch, random or nearest retrieval, optional DER++ logit distillation).
 * ``hopfield_kv`` / ``ncm``: the model is wrapped in a
@@ -21,7 +21,7 @@ import torch
 
 from clmem.options import Opt
 from strategies.episodic_replay import RETRIEVALS, EpisodicReplay
-from strategies.ewc_controller import MODES, EWCController
+from strategies.ewc_controller import DEFAULT_LAMBDA, FISHER_METHODS, FISHER_NORMS, MODES, EWCController
 from strategies.kv_memory import TRAIN_ENCODER, KVMemoryClassifier, MemoryClassifierPlugin, NCMClassifier
 from strategies.registry import STRATEGIES
 from strategies.sequence import SEQUENCE_OPTIONS, SequenceStrategy
@@ -50,18 +50,24 @@ _LOOP = {**SEQUENCE_OPTIONS["sequence"],
 
 @STRATEGIES.register("ewc_controller", {
     **_LOOP,
-    "ewc_lambda": Opt(float, 100.0, min=0.0),
+    "ewc_lambda": Opt(float, DEFAULT_LAMBDA, min=0.0, help="λ on the normalised Fisher (see fisher_norm)"),
     "mode": Opt(str, "online", choices=MODES),
     "decay_factor": Opt(float, 0.9, min=0.0, max=1.0, help="γ of online EWC"),
-    "params": Opt(str, "controller", allow_list=True,
-                  help="'controller', 'all', or parameter-name prefixes (a list or one comma-separated string)"),
+    "params": Opt(str, "all", allow_list=True,
+                  help="'all', 'controller' (a memory learner's controller; all but the head otherwise), or "
+                       "parameter-name prefixes (a list or one comma-separated string)"),
     "fisher_samples": Opt(int, 1000, min=0, help="samples per experience in the Fisher (0: all)"),
     "fisher_mb_size": Opt(int, 64, min=1),
-}, "EWC / online EWC (Schwarz et al. 2018) on the controller (or all but the head)", template=_template)
-def build_ewc_controller(*, ewc_lambda=100.0, mode="online", decay_factor=0.9, params="controller",
-                         fisher_samples=1000, fisher_mb_size=64, **common):
+    "fisher_norm": Opt(str, "max", choices=FISHER_NORMS, help="Fisher divided by its max / mean entry, or raw"),
+    "fisher_method": Opt(str, "auto", choices=FISHER_METHODS,
+                         help="per-sample gradients by torch.func vmap, a plain loop, or auto"),
+}, "EWC / online EWC (Schwarz et al. 2018) on a parameter set (all, or a memory learner's controller)",
+    template=_template)
+def build_ewc_controller(*, ewc_lambda=DEFAULT_LAMBDA, mode="online", decay_factor=0.9, params="all",
+                         fisher_samples=1000, fisher_mb_size=64, fisher_norm="max", fisher_method="auto", **common):
     plugin = EWCController(ewc_lambda=ewc_lambda, mode=mode, decay_factor=decay_factor, params=params,
-                           fisher_samples=fisher_samples, fisher_mb_size=fisher_mb_size)
+                           fisher_samples=fisher_samples, fisher_mb_size=fisher_mb_size, fisher_norm=fisher_norm,
+                           fisher_method=fisher_method)
     return sequence_with([plugin], **common)
 
 
