@@ -33,14 +33,16 @@ REGULARISED = {
 }
 NOTES = """
 Notes:
-- Permuted MNIST, 10 experiences, MLP 784-256-256-10, SGD lr 0.05 momentum 0.9, batch 128, one epoch
-  per experience; mean ± sd over the seeds listed. λ is per row; it multiplies the Fisher as the row's
-  "Fisher from" column says (raw, or divided by its maximum entry).
+- Permuted MNIST with the number of experiences in the first column, MLP 784-256-256-10, SGD lr 0.05
+  momentum 0.9, batch 128, one epoch per experience; mean ± sd over the seeds listed (`per_seed` in the
+  JSON). λ is per row; it multiplies the Fisher as the row's "Fisher from" column says (raw, or divided
+  by its maximum entry).
 - The rows "divided by its max" are `ewc_controller` with EWCController's defaults (online, γ = 0.9, all
   parameters, 1000 samples, Fisher divided by its largest entry per experience as RWalk does, Chaudhry et
-  al. 2018, λ = 5); they were measured in the same grid as the Avalanche EWC row above them.
+  al. 2018, λ = 5). Each seed ran as one grid with the Avalanche EWC trial of the same seed beside it
+  (same run); the results files are rewritten after every seed.
 - "parameters regularised" names what the penalty covers. `ewc_controller` with `params: controller`
-  (its default) leaves the classifier head out on a plain MLP; `params: all` covers exactly the
+  (its earlier default) leaves the classifier head out on a plain MLP; `params: all` covers exactly the
   parameters of Avalanche's EWC (tests/strategies/test_ewc_controller.py checks the names).
 - "Fisher from": Avalanche's PermutedMNIST experiences are sorted by class, and EWCController used
   to take the first `fisher_samples` = 1000 items, i.e. digit 0 only. Rows marked "before the fix"
@@ -69,8 +71,11 @@ FISHER = {"ewc": "whole experience, squared mini-batch gradients",
 FISHER_BEFORE_FIX = "first 1000 items = digit 0 only (before the fix)"
 
 
+COLUMNS = ("ACC", "BWT", "Forgetting", "wall_time_s")
+
+
 def _key(group: dict) -> tuple:
-    return tuple(str(group.get(a, "-")) for a in (*AXES, "fisher"))
+    return tuple(str(group.get(a, "-")) for a in (*AXES, "fisher", "experiences"))
 
 
 def _normalise(row: dict, fisher: str | None = None) -> dict:
@@ -85,6 +90,7 @@ def _normalise(row: dict, fisher: str | None = None) -> dict:
     group.setdefault("strategy.mode", defaults[0])
     group.setdefault("strategy.params", defaults[1])
     group.setdefault("strategy.ewc_lambda", "100.0" if name in ("ewc", "ewc_controller") else "-")
+    group.setdefault("experiences", "10")
     return {**row, "group": group}
 
 
@@ -102,13 +108,13 @@ def controller_defaults() -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| strategy | EWC mode | parameters regularised | λ | Fisher from | seeds | ACC | BWT | forgetting "
-             "| wall time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: -r["ACC"][0]):
-        name, mode, params, lam, fisher = _key(r["group"])
+    lines = ["| experiences | strategy | EWC mode | parameters regularised | λ | Fisher from | seeds | ACC | BWT "
+             "| forgetting | wall time (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (int(_key(r["group"])[-1]), -r["ACC"][0])):
+        name, mode, params, lam, fisher, experiences = _key(r["group"])
         what = REGULARISED.get((name, params), params)
         label = name if name != "ewc_controller" else f"ewc_controller (params: {params})"
-        lines.append(f"| {label} | {mode} | {what} | {lam} | {fisher} | {r['n']} | {r['ACC'][0]:.3f} ± {r['ACC'][1]:.3f} "
+        lines.append(f"| {experiences} | {label} | {mode} | {what} | {lam} | {fisher} | {r['n']} | {r['ACC'][0]:.3f} ± {r['ACC'][1]:.3f} "
                      f"| {r['BWT'][0]:.3f} ± {r['BWT'][1]:.3f} | {r['Forgetting'][0]:.3f} ± {r['Forgetting'][1]:.3f} "
                      f"| {r['wall_time_s'][0]:.0f} |")
     return "\n".join(lines) + "\n" + NOTES
@@ -129,32 +135,59 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = _parse_args()
-    path = RESULTS / "permuted_mnist_ewc.json"
-    if args.render:
-        rows = [_normalise(r) for r in json.loads(path.read_text())]
-        (RESULTS / "permuted_mnist_ewc.md").write_text(_table(rows))
-        return print(_table(rows))
+def _aggregate(runs: dict) -> list[dict]:
+    """Rows (mean ± sd, ddof = 1, over seeds) from ``{key: {"group", "seeds": {seed: {column: value}}}}``."""
+    import statistics
+
+    rows = []
+    for entry in runs.values():
+        values = list(entry["seeds"].values())
+        row = {"group": entry["group"], "n": len(values), "per_seed": entry["seeds"]}
+        for col in COLUMNS:
+            xs = [v[col] for v in values]
+            row[col] = [statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
+        rows.append(row)
+    return rows
+
+
+def _write(rows: list[dict], keep: list[dict]) -> None:
+    new = {_key(r["group"]) for r in rows}
+    rows = [r for r in keep if _key(r["group"]) not in new] + rows
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "permuted_mnist_ewc.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / "permuted_mnist_ewc.md").write_text(_table(rows))
+    print(_table(rows), flush=True)
+
+
+def _overrides(args, seed: int) -> dict:
     strategy: dict = {}
     if args.strategies:
         strategy["name"] = args.strategies
     sweep = (("params", args.params), ("mode", args.mode), ("ewc_lambda", args.ewc_lambda))
     strategy["ewc_controller"] = {**controller_defaults(), **{k: v for k, v in sweep if v}}
-    overrides = {"benchmark": {"dataset_root": str(Path(args.data).resolve()),
-                               "n_experiences": args.experiences}, "seeds": args.seeds}
-    overrides["strategy"] = strategy
+    overrides = {"benchmark": {"dataset_root": str(Path(args.data).resolve()), "n_experiences": args.experiences},
+                 "seeds": [seed], "strategy": strategy}
     if args.trial_cpus:
         overrides["resources"] = {"cpu": args.trial_cpus}
-    rows = [_normalise(r, FISHER.get(r["group"]["strategy.name"], "-"))
-            for r in run_experiment("permuted_mnist_ewc", overrides, AXES)]
-    if args.merge and path.exists():
-        new = {_key(r["group"]) for r in rows}
-        rows = [r for r in map(_normalise, json.loads(path.read_text())) if _key(r["group"]) not in new] + rows
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1))
-    (RESULTS / "permuted_mnist_ewc.md").write_text(_table(rows))
-    print(_table(rows))
+    return overrides
+
+
+def main() -> None:
+    """One grid per seed (its strategies side by side), the results files rewritten after each seed."""
+    args = _parse_args()
+    path = RESULTS / "permuted_mnist_ewc.json"
+    old = [_normalise(r) for r in json.loads(path.read_text())] if path.exists() else []
+    if args.render:
+        (RESULTS / "permuted_mnist_ewc.md").write_text(_table(old))
+        return print(_table(old))
+    runs: dict = {}
+    for seed in args.seeds:
+        for r in run_experiment("permuted_mnist_ewc", _overrides(args, seed), AXES):
+            row = _normalise(r, FISHER.get(r["group"]["strategy.name"], "-"))
+            row["group"]["experiences"] = str(args.experiences)
+            entry = runs.setdefault(_key(row["group"]), {"group": row["group"], "seeds": {}})
+            entry["seeds"][str(seed)] = {col: row[col][0] for col in COLUMNS}
+        _write(_aggregate(runs), old if args.merge else [])
 
 
 if __name__ == "__main__":
