@@ -20,6 +20,7 @@ import torch
 from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES
 from clmem.compat import STREAM_KINDS, model_accepts, stream_kind
 from clmem.options import ConfigError
+from strategies.registry import strategy_options
 
 #: Sizes of the tiny models and strategies (applied where the component declares the option).
 TINY_MODEL = {"hidden_size": 8, "memory_size": 8, "word_size": 4, "embedding_dim": 8, "channels": 4,
@@ -66,14 +67,8 @@ def kind_benchmarks() -> dict[str, dict]:
 def _experiment(model: str, strategy: str, benchmark: dict) -> dict:
     return {"name": "matrix", "benchmark": dict(benchmark),
             "model": {"name": model, **_declared(MODELS.get(model).options, TINY_MODEL)},
-            "strategy": {"name": strategy, **_declared(_strategy_options(strategy), TINY_STRATEGY)},
+            "strategy": {"name": strategy, **_declared(strategy_options(strategy), TINY_STRATEGY)},
             "seeds": [0]}
-
-
-def _strategy_options(name: str) -> dict:
-    from strategies.registry import strategy_options
-
-    return strategy_options(name)
 
 
 def _state(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -100,8 +95,9 @@ def train_cell(trial: dict, stream) -> str:
         assert math.isfinite(loss), f"non-finite training loss {loss}"
         rows.append(evaluate_row(strategy, stream.benchmark.test_stream, stream.metric_prefix)[0])
     after = _state(strategy.model)
-    assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(before, after)) or len(before) != len(after), \
-        "neither parameters nor buffers changed"
+    changed = len(before) != len(after) or any(a.shape != b.shape or not torch.equal(a, b)
+                                               for a, b in zip(before, after))
+    assert changed, "neither parameters nor buffers changed"
     scores = [v for row in rows for v in row]
     assert all(_on_scale(v, stream.metric) for v in scores), f"{stream.metric} off its scale: {scores}"
     return f"{stream.metric} {rows[-1][0]:.3f}"

@@ -130,10 +130,15 @@ def strategy_options(name: str) -> dict[str, Opt]:
     return {**TRAINING_OPTIONS, **STRATEGIES.get(name).options}
 
 
+def _declared(entry) -> dict[str, Opt]:
+    """The options a strategy validates itself: its own plus the loop's (epochs, batch sizes)."""
+    return {**entry.options, **{k: TRAINING_OPTIONS[k] for k in _LOOP_KEYS}}
+
+
 def check_options(name: str, options: dict[str, Any], path: str = "strategy") -> dict[str, Any]:
     """Validate ``options`` for strategy ``name`` and fill in defaults (own options only)."""
     entry = STRATEGIES.get(name, f"{path}.name")
-    declared = {**entry.options, **{k: TRAINING_OPTIONS[k] for k in _LOOP_KEYS}}
+    declared = _declared(entry)
     out = {k: v for k, v in defaults(entry.options).items()}
     for key, value in options.items():
         if key not in declared:
@@ -169,7 +174,7 @@ def passthrough_arguments(name: str) -> frozenset[str]:
 def split_arguments(name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(declared options checked and filled with defaults, pass-through Avalanche arguments)."""
     entry = STRATEGIES.get(name, "strategy.name")
-    declared = {**entry.options, **{k: TRAINING_OPTIONS[k] for k in _LOOP_KEYS}}
+    declared = _declared(entry)
     allowed = passthrough_arguments(name)
     own, passed = defaults(entry.options), {}
     for key, value in arguments.items():
@@ -186,18 +191,10 @@ def split_arguments(name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any
 
 def framework_plugins(name: str) -> list:
     """Plugins clmem attaches to every strategy it builds (non-finite guard, metric check)."""
-    out = []
-    try:  # TEMPORARY while the modules are written
-        from strategies.finite_guard import FiniteGuard
-        out.append(FiniteGuard(name))
-    except ModuleNotFoundError:
-        pass
-    try:
-        from strategies.metric_check import ScoreabilityCheck
-        out.append(ScoreabilityCheck())
-    except ModuleNotFoundError:
-        pass
-    return out
+    from strategies.finite_guard import FiniteGuard
+    from strategies.metric_check import ScoreabilityCheck
+
+    return [FiniteGuard(name), ScoreabilityCheck()]
 
 
 def create_strategy(name: str, *, model, optimizer, criterion=None, plugins=None, **arguments):

@@ -18,41 +18,29 @@ import math
 from torch import nn
 
 from clmem.memory.associative import AssociativeCore
-from clmem.memory.controller import CONTROLLER_KINDS
 from clmem.memory.gated import GatedCore
 from clmem.memory.hierarchical import HierarchicalCore
 from clmem.models import MODELS
 from clmem.options import Opt
 
 from .igor import STORE_INDEXES, IGORConfig, IGORNetwork
+from .registry import CORE_OPTIONS, SEQUENCE_KINDS
 from .sequence import CoreSequenceLearner
 
 __all__ = ["MEMORY_LEARNERS", "SEQUENCE_KINDS"]
 
-#: the stream kinds a sequence learner takes
-SEQUENCE_KINDS = ("bits", "qa_sequence", "episodes")
-
-_CORE = {
-    "hidden_size": Opt(int, 64, min=1, help="controller hidden units"),
-    "controller": Opt(str, "lstm", choices=tuple(CONTROLLER_KINDS)),
-    "memory_size": Opt(int, 32, min=1, help="memory slots N"),
-    "word_size": Opt(int, 16, min=1, help="memory word width W"),
-    "num_reads": Opt(int, 1, min=1),
-    "num_writes": Opt(int, 1, min=1),
-    "clip_value": Opt(float, 20.0, min=1e-6, nullable=True, help="clip of controller/core outputs (null: none)"),
-}
 #: name -> (core class, options, description)
 MEMORY_LEARNERS = {
-    "associative": (AssociativeCore, {**_CORE, "steps": Opt(int, 1, min=1, max=16, help="Hopfield updates per recall")},
+    "associative": (AssociativeCore, {**CORE_OPTIONS, "steps": Opt(int, 1, min=1, max=16, help="Hopfield updates per recall")},
                     "controller + associative memory (modern Hopfield pattern completion, Ramsauer et al. 2020) "
                     "as a sequence learner"),
     "hierarchical": (HierarchicalCore, {
-        **_CORE,
+        **CORE_OPTIONS,
         "num_chunks": Opt(int, 4, min=1, help="chunks C of the top level (must divide memory_size)"),
         "read_chunks": Opt(int, 1, min=1, help="chunks searched per access (<= num_chunks)"),
     }, "controller + two-level chunked memory (maximum inner product over chunk means, then content "
        "attention inside) as a sequence learner"),
-    "gated": (GatedCore, {**_CORE, "retain_bias": Opt(float, 1.0, min=-10.0, max=10.0,
+    "gated": (GatedCore, {**CORE_OPTIONS, "retain_bias": Opt(float, 1.0, min=-10.0, max=10.0,
                                                       help="bias of the per-slot retain-gate logits")},
               "controller + memory with learned per-slot write and retain gates as a sequence learner"),
 }

@@ -22,13 +22,14 @@ from clmem.options import Opt
 from .memn2n import NOISE_BLANKS, MemN2N
 from .sequence import CORES, make_sequence_learner
 
-__all__ = ["MemN2NClassifier", "SEQUENCE_LEARNERS"]
+__all__ = ["CORE_OPTIONS", "MemN2NClassifier", "SEQUENCE_KINDS", "SEQUENCE_LEARNERS"]
 
 #: Stream kinds a sequence learner (``x [B, T, D]`` -> ``[B, T, V]``) takes: bit sequences, bAbI as a
 #: word sequence, few-shot episodes (see :mod:`clmem.compat`).
 SEQUENCE_KINDS = ("bits", "qa_sequence", "episodes")
 _HIDDEN = {"hidden_size": Opt(int, 64, min=1, help="controller / LSTM hidden units")}
-_CORE = {
+#: Options of every controller + memory core learner (also used by :mod:`clmem.learners.memories`).
+CORE_OPTIONS = {
     **_HIDDEN,
     "controller": Opt(str, "lstm", choices=tuple(CONTROLLER_KINDS)),
     "memory_size": Opt(int, 32, min=1, help="memory slots N"),
@@ -39,10 +40,10 @@ _CORE = {
 }
 SEQUENCE_LEARNERS: dict[str, dict[str, Opt]] = {
     "lstm": {**_HIDDEN, "num_layers": Opt(int, 1, min=1, max=8)},
-    "ntm": {**_CORE, "shift_range": Opt(int, 1, min=0)},
-    "dnc": dict(_CORE),
-    "mann": {**_CORE, "usage_decay": Opt(float, 0.95, min=0.0, max=1.0)},
-    "sparse_dnc": {**_CORE, "k_neighbours": Opt(int, 4, min=1), "use_links": Opt(bool, False)},
+    "ntm": {**CORE_OPTIONS, "shift_range": Opt(int, 1, min=0)},
+    "dnc": dict(CORE_OPTIONS),
+    "mann": {**CORE_OPTIONS, "usage_decay": Opt(float, 0.95, min=0.0, max=1.0)},
+    "sparse_dnc": {**CORE_OPTIONS, "k_neighbours": Opt(int, 4, min=1), "use_links": Opt(bool, False)},
 }
 _DESCRIPTIONS = {
     "lstm": "LSTM sequence learner (baseline)",
