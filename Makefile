@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/clmem grid experiments/quickstart.yaml
 
-# The whole test suite (CPU only).
+# The whole test suite (CPU only), two worker processes (Ray start-ups and subprocess waits overlap).
 test: install
-	CLMEM_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
+	CLMEM_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q -n 2
 
 # Without the slow end-to-end tests.
 test-fast: install

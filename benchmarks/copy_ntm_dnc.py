@@ -12,18 +12,22 @@ reported), and a held-out set of fresh sequences at lengths 1–20 is scored. If
 Then bits per sequence at lengths 40 and 80 (``evaluate_generalisation``). Throughput: training sequences per second
 of wall time (forward + backward + optimiser, data generation included, evaluations excluded).
 
-NTM initial state: ``NTMCore.initial_state`` is all-zero memory and all-zero head weights, which makes every memory
-row identical and every addressing step permutation-symmetric (content weights are uniform, and a shift of a uniform
-weighting is uniform), so the heads can never focus on a location. By default this script therefore starts the NTM
-from memory filled with 1e-6 and read/write weights one-hot on slot 0 (``--ntm-init onehot``, as common NTM
-implementations do); ``--ntm-init zero`` uses ``initial_state`` unchanged. The DNC starts from ``initial_state``
-(its allocation breaks the symmetry). Memory size does not change the parameters, so lengths beyond N are also scored
-with a larger memory (``--eval-memory``) and the same weights.
+NTM initial state: ``NTMCore.initial_state`` with ``--memory-init`` (default ``constant``: every cell 1e-6) and
+``--weight-init`` (default ``onehot``: heads focused on slot 0), see ``clmem.memory.ntm``. The DNC starts from
+``initial_state`` (its allocation breaks the symmetry). Memory size does not change the parameters, so lengths beyond
+N are also scored with a larger memory (``--eval-memory``) and the same weights.
+
+Stability over seeds (``--extra-sequences K``, see ``benchmarks/_stability.py``): every model x ``--seeds`` trains to
+< 0.1 bit, then K more sequences while a fixed held-out set is scored every ``--eval-every`` sequences; results go to
+``results/<--tag or copy_stability>.{json,md}`` after each run (``--merge-parts`` also rebuilds
+``results/copy_stability.{json,md}`` from several such parts). ``--task`` also takes ``repeat_copy`` and
+``associative_recall`` there.
 
     .venv/bin/python benchmarks/copy_ntm_dnc.py                      # both models, one after the other
     .venv/bin/python benchmarks/copy_ntm_dnc.py --models ntm --tag ntm   # one model per process ...
     .venv/bin/python benchmarks/copy_ntm_dnc.py --merge ntm dnc      # ... merged into results/copy_ntm_dnc.{json,md}
     .venv/bin/python benchmarks/copy_ntm_dnc.py --quick
+    nice -n 15 .venv/bin/python benchmarks/copy_ntm_dnc.py --models ntm --seeds 0 1 2 3 4 --extra-sequences 5000
 """
 from __future__ import annotations
 
@@ -42,9 +46,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _harness as H  # noqa: E402
+import _stability  # noqa: E402
 
 from clmem.memory import DNCCore, NTMCore  # noqa: E402
-from clmem.memory.ntm import NTMState  # noqa: E402
+from clmem.memory.ntm import MEMORY_INITS, WEIGHT_INITS  # noqa: E402
 from clmem.tasks.algorithmic import (CopyTask, Curriculum, CurriculumConfig, bits_per_sequence,  # noqa: E402
                                      masked_bce_loss)
 
@@ -57,28 +62,30 @@ PEER = {"name": "pytorch-ntm (batch 1, RMSprop 1e-4)", "sequences_to_1_bit": [80
 
 
 class Model(torch.nn.Module):
-    """A core with the initial state this benchmark uses; ``forward(x) -> logits``."""
+    """A core for the task's channel sizes; ``forward(x) -> logits`` from the core's initial state."""
 
-    def __init__(self, kind: str, ntm_init: str, memory_size: int = 0) -> None:
+    def __init__(self, kind: str, ntm: Dict[str, str], memory_size: int = 0, input_size: int = 9,
+                 output_size: int = 8) -> None:
         super().__init__()
         spec = dict(MODELS[kind])
         cls = spec.pop("cls")
         if memory_size:
             spec["memory_size"] = memory_size
-        self.kind, self.ntm_init = kind, ntm_init
-        self.core = cls(input_size=9, output_size=8, **spec)
+        if kind == "ntm":
+            spec.update(ntm)
+        self.kind, self.spec = kind, spec
+        self.core = cls(input_size=input_size, output_size=output_size, **spec)
 
-    def initial_state(self, batch: int):
-        state = self.core.initial_state(batch)
-        if self.kind == "ntm" and self.ntm_init == "onehot":
-            mem = state.memory_state
-            onehot = lambda w: torch.zeros_like(w).index_fill_(-1, torch.tensor([0]), 1.0)  # noqa: E731
-            state = state._replace(memory_state=NTMState(torch.full_like(mem.memory, 1e-6),
-                                                         onehot(mem.read_weights), onehot(mem.write_weights)))
-        return state
+    def describe(self) -> Dict[str, object]:
+        return dict(self.spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.core(x, self.initial_state(x.shape[0]))[0]
+        return self.core(x)[0]
+
+    def forward_trace(self, x: torch.Tensor):
+        """``(logits, CoreTrace)``: the trace gives the per-step head weights."""
+        y, _, trace = self.core(x, return_trace=True)
+        return y, trace
 
 
 def per_sequence_bits(logits, targets, mask) -> List[float]:
@@ -97,7 +104,7 @@ def score(model, task, length=None, count=200, batch=50, max_length=None) -> flo
 
 def run_model(kind: str, args) -> Dict[str, object]:
     torch.manual_seed(args.seed)
-    model = Model(kind, args.ntm_init, memory_size=args.memory_size)
+    model = Model(kind, ntm_options(args), memory_size=args.memory_size)
     task = CopyTask(num_bits=8, min_length=1, max_length=20, seed=args.seed)
     params = sum(p.numel() for p in model.parameters())
     opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam"
@@ -155,16 +162,18 @@ def run_model(kind: str, args) -> Dict[str, object]:
     task_eval = CopyTask(num_bits=8, min_length=1, max_length=20, seed=args.seed + 1000)
     heldout = score(model, task_eval, count=args.eval_count)
     gen = {str(n): score(model, task_eval, length=n, count=args.eval_count // 2) for n in (40, 80)}
-    big = Model(kind, args.ntm_init, memory_size=args.eval_memory)
-    big.load_state_dict(model.state_dict())
-    big.eval()
-    gen_big = {str(n): score(big, task_eval, length=n, count=args.eval_count // 2) for n in (40, 80)}
+    gen_big = {"40": float("nan"), "80": float("nan")}  # an initial state learned (or drawn) per slot fixes N
+    if kind != "ntm" or ntm_options(args) == {"memory_init": "constant", "weight_init": "onehot"}:
+        big = Model(kind, ntm_options(args), memory_size=args.eval_memory)
+        big.load_state_dict(model.state_dict())
+        big.eval()
+        gen_big = {str(n): score(big, task_eval, length=n, count=args.eval_count // 2) for n in (40, 80)}
     config = {k: v for k, v in MODELS[kind].items() if k != "cls"}
     config["memory_size"] = args.memory_size or config["memory_size"]
     out = {"model": kind, "config": config, "parameters": params,
            "batch": args.batch, "optimizer": args.optimizer, "lr": args.lr, "clip": args.clip,
            "curriculum": None if curriculum is None else vars(curriculum.config),
-           "ntm_init": args.ntm_init if kind == "ntm" else None,
+           "ntm_init": f"{args.memory_init}/{args.weight_init}" if kind == "ntm" else None,
            "sequences_trained": seen, "updates": seen // args.batch, "train_seconds": train_time,
            "train_cpu_seconds": cpu, "sequences_per_s": seen / train_time,
            "curriculum_reached_20_at": full_from, "first_below_1_bit_at": first_below_1bit,
@@ -232,6 +241,11 @@ def markdown(payload) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ntm_options(args) -> Dict[str, str]:
+    """The NTM's initial-state options from the command line."""
+    return {"memory_init": args.memory_init, "weight_init": args.weight_init}
+
+
 def write(name: str, payload: Dict[str, object]) -> None:
     H.write_results(name, payload, markdown(payload))
 
@@ -249,7 +263,20 @@ def main() -> None:
     p.add_argument("--curriculum-step", type=int, default=2)
     p.add_argument("--curriculum-threshold", type=float, default=1.0, help="mean bits per sequence to grow L")
     p.add_argument("--curriculum-window", type=int, default=10)
-    p.add_argument("--ntm-init", choices=["onehot", "zero"], default="onehot")
+    p.add_argument("--memory-init", choices=MEMORY_INITS, default="constant", help="NTM initial memory")
+    p.add_argument("--weight-init", choices=WEIGHT_INITS, default="onehot", help="NTM initial head weights")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="stability mode: one run per seed")
+    p.add_argument("--extra-sequences", type=int, default=5000,
+                   help="stability mode: sequences trained after first < 0.1 bit")
+    p.add_argument("--task", choices=["copy", "repeat_copy", "associative_recall"], default="copy",
+                   help="stability mode only")
+    p.add_argument("--lr-after-convergence", type=float, default=1.0,
+                   help="stability mode: multiply the learning rate by this once the run is first < 0.1 bit")
+    p.add_argument("--eval-every", type=int, default=500, help="stability mode: held-out scoring interval")
+    p.add_argument("--curve-every", type=int, default=200, help="stability mode: learning-curve interval")
+    p.add_argument("--merge-parts", nargs="+", default=[], help="stability mode: part names merged after each run")
+    p.add_argument("--merge-name", default="copy_stability")
+    p.add_argument("--resume", action="store_true", help="stability mode: skip (model, seed) runs already in --tag")
     p.add_argument("--confirm", type=int, default=1000, help="sequences trained after convergence to check it")
     p.add_argument("--max-seconds", type=float, default=900.0, help="training-time budget per model")
     p.add_argument("--max-sequences", type=int, default=500_000)
@@ -267,6 +294,13 @@ def main() -> None:
         payload = {"runs": [r for part in parts for r in part["runs"]], "environment": H.environment(),
                    "merged_from": args.merge, "peer": PEER, "note": args.note}
         write("copy_ntm_dnc", payload)
+        return
+    if args.seeds is None and args.merge_parts:  # stability mode, merge only
+        _stability.merge_parts(args.merge_parts, args)
+        return
+    if args.seeds is not None:
+        _stability.run_seeds(lambda kind, task: Model(kind, ntm_options(args), args.memory_size, task.input_size,
+                                                      task.output_size), args)
         return
     if args.quick:
         args.max_seconds, args.eval_count, args.confirm = 30.0, 50, 200

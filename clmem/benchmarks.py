@@ -18,17 +18,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from clmem.options import Opt
-from clmem.registry import Registry
+from clmem import registries
+from clmem.datafiles import (MNIST_FILES, PREFLIGHT, check_mnist, check_mnist_root,  # noqa: F401 (re-exported)
+                             default_data_root, preflight)
 
 #: Offline sequence/QA streams register from :mod:`clmem.tasks.streams` (imported on first lookup).
-BENCHMARKS = Registry("benchmark", extensions=("clmem.tasks.streams", "clmem.tasks.omniglot"))
+BENCHMARKS = registries.BENCHMARKS.extend(extensions=("clmem.tasks.streams", "clmem.tasks.omniglot",
+                                               "clmem.tasks.reasoning_streams"))
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 class Stream(NamedTuple):
@@ -146,28 +143,6 @@ def permuted_digits(seed: int, n_experiences: int = 5, test_fraction: float = 0.
     return Stream(benchmark_from_datasets(train=train, test=test), (1, 8, 8), 10)
 
 
-def default_data_root(name: str) -> str:
-    """``$CLMEM_DATA/<name>`` when ``CLMEM_DATA`` is set, else ``./data/<name>``."""
-    return str(Path(os.environ.get("CLMEM_DATA", "data")) / name)
-
-
-def check_mnist_root(dataset_root: str | os.PathLike) -> Path:
-    """Return the MNIST root, or raise ``FileNotFoundError`` naming what is missing.
-
-    Expects torchvision's layout ``<root>/MNIST/raw/<idx file>`` (unpacked). Checking first means
-    a missing dataset fails at once rather than starting a download that hangs offline.
-    """
-    root = Path(dataset_root).expanduser()
-    raw = root / "MNIST" / "raw"
-    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"MNIST not found: expected {raw}/{missing[0]} (torchvision layout <root>/MNIST/raw/); "
-            f"set benchmark.dataset_root or CLMEM_DATA to a folder holding MNIST; clmem never downloads"
-        )
-    return root
-
-
 _MNIST_ROOT = Opt(str, None, nullable=True, help="folder with MNIST/raw/; default $CLMEM_DATA/mnist")
 
 
@@ -175,7 +150,7 @@ _MNIST_ROOT = Opt(str, None, nullable=True, help="folder with MNIST/raw/; defaul
     "split_mnist",
     {"n_experiences": Opt(int, 5, choices=(1, 2, 5, 10)), "dataset_root": _MNIST_ROOT},
     "Avalanche SplitMNIST, class-incremental, seeded class order",
-    kind="image",
+    kind="image", preflight=check_mnist,
 )
 def split_mnist(seed: int, n_experiences: int = 5, dataset_root: str | None = None):
     from avalanche.benchmarks.classic import SplitMNIST
@@ -189,7 +164,7 @@ def split_mnist(seed: int, n_experiences: int = 5, dataset_root: str | None = No
     "permuted_mnist",
     {"n_experiences": Opt(int, 10, min=1, max=50), "dataset_root": _MNIST_ROOT},
     "Avalanche PermutedMNIST, domain-incremental, seeded permutations",
-    kind="image",
+    kind="image", preflight=check_mnist,
 )
 def permuted_mnist(seed: int, n_experiences: int = 10, dataset_root: str | None = None):
     from avalanche.benchmarks.classic import PermutedMNIST
@@ -204,15 +179,3 @@ def build_stream(name: str, seed: int, **options) -> Stream:
     return BENCHMARKS.get(name).builder(seed, **options)
 
 
-#: Checks run in the driver before anything is launched or written, per benchmark name.
-PREFLIGHT = {
-    "split_mnist": lambda opts: check_mnist_root(opts.get("dataset_root") or default_data_root("mnist")),
-    "permuted_mnist": lambda opts: check_mnist_root(opts.get("dataset_root") or default_data_root("mnist")),
-}
-
-
-def preflight(section: dict) -> None:
-    """Fail early (``FileNotFoundError``) when a resolved benchmark section's data is absent."""
-    check = PREFLIGHT.get(section["name"])
-    if check is not None:
-        check(section)

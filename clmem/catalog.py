@@ -6,12 +6,10 @@ enough; this module only loads all three at once.
 """
 from __future__ import annotations
 
-from clmem.benchmarks import BENCHMARKS
-from clmem.models import MODELS
-from strategies.registry import STRATEGIES, TRAINING_OPTIONS
+from clmem.registries import BENCHMARKS, MODELS, STRATEGIES, TRAINING_OPTIONS
 
 for _registry in (BENCHMARKS, MODELS, STRATEGIES):
-    _registry.load()
+    _registry.load_real()
 
 #: The modules each registry imports on first use.
 EXTENSIONS: tuple[str, ...] = (*BENCHMARKS.extensions, *MODELS.extensions, *STRATEGIES.extensions)

@@ -24,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trial", type=int, default=0, help="index of the grid trial to run (default 0)")
     run.add_argument("--tracking-uri", help=uri_help)
 
-    grid = sub.add_parser("grid", help="run the experiment's grid on Ray Tune")
-    grid.add_argument("file")
+    grid = sub.add_parser("grid", help="run the experiment's grid on Ray Tune (a folder: each of its files)")
+    grid.add_argument("file", help="an experiment file, or a folder: every *.yaml in it, in name order")
     grid.add_argument("--address", help="Ray cluster address (e.g. auto); default: a local Ray")
     grid.add_argument("--tracking-uri", help=uri_help)
     grid.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", help=uri_help)
     ui.add_argument("--port", type=int, default=5000)
 
-    val = sub.add_parser("validate", help="check an experiment file and list its trials")
+    val = sub.add_parser("validate", help="check an experiment file (or every *.yaml of a folder)")
     val.add_argument("file")
     sub.add_parser("list", help="list benchmarks, models and strategies")
     return p
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load(file: str, machine: bool = True):
     """Load and check an experiment file: its values, its datasets, and (``machine``) whether its trials
     fit this machine's memory, CPUs and GPUs (``clmem grid`` checks the Ray cluster's instead)."""
-    from clmem.benchmarks import preflight
+    from clmem.datafiles import preflight
     from clmem.config import load_experiment
     from clmem.sizing import available_memory, check_fits, local_node, plan_request
 
@@ -98,19 +98,36 @@ def _check_uri_arg(uri: str | None) -> None:
         check_tracking_uri(uri, "--tracking-uri")
 
 
+def experiment_files(path: str) -> list[str]:
+    """``[path]`` for a file; for a folder, its ``*.yaml`` / ``*.yml`` files in name order (none: one line)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [path]
+    files = sorted(str(f) for f in folder.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+    if not files:
+        raise ConfigError("", "no experiment files (*.yaml) in this folder", file=path)
+    return files
+
+
 def cmd_validate(args) -> int:
-    experiment = _load(args.file)
-    print(f"{args.file}: ok — experiment {experiment.name!r}, {len(experiment.trials)} trials, "
-          f"axes: {', '.join(experiment.axes) or 'none'}")
-    if experiment.gpu_fallback:
-        print(f"note: resources.gpu is {experiment.trials[0]['resources']['gpu']:g} but this machine has no "
-              f"GPU: here its trials run on the CPU")
+    from clmem import manifest
+
+    manifest.use()  # declarations only: no torch / Avalanche import unless a check needs one
+    for file in experiment_files(args.file):
+        experiment = _load(file)
+        print(f"{file}: ok — experiment {experiment.name!r}, {len(experiment.trials)} trials, "
+              f"axes: {', '.join(experiment.axes) or 'none'}")
+        if experiment.gpu_fallback:
+            print(f"note: resources.gpu is {experiment.trials[0]['resources']['gpu']:g} but this machine has no "
+                  f"GPU: here its trials run on the CPU")
     return 0
 
 
 def cmd_list(args) -> int:
-    from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES
+    from clmem import manifest
+    from clmem.registries import BENCHMARKS, MODELS, STRATEGIES
 
+    manifest.use()
     for registry in (BENCHMARKS, MODELS, STRATEGIES):
         print(f"{registry.kind}s:")
         for name in registry.names():
@@ -157,17 +174,25 @@ def cmd_grid(args) -> int:
     from clmem.grid import init_ray, shutdown_ray
 
     _check_uri_arg(args.tracking_uri)
-    # a local Ray is this machine; a cluster's nodes are checked by run_grid once it is connected
-    experiment = _load(args.file, machine=not args.address)
+    # every file is checked before anything runs; a local Ray is this machine, a cluster's nodes are
+    # checked by run_grid once it is connected
+    experiments = [_load(file, machine=not args.address) for file in experiment_files(args.file)]
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError("--max-concurrent", f"expected an integer >= 1, got {args.max_concurrent}")
     from clmem.tracking import Tracker
 
     # the MLflow store opens (a new SQLite file: schema migrations) in a thread while Ray starts
-    tracker = Tracker(args.tracking_uri or experiment.tracking_uri, connect_in_background=True)
+    tracker = Tracker(args.tracking_uri or experiments[0].tracking_uri, connect_in_background=True)
     started = init_ray(args.address)
     try:
-        return _grid(args, experiment, tracker)
+        codes = []
+        for i, experiment in enumerate(experiments):
+            if i:
+                tracker = Tracker(args.tracking_uri or experiment.tracking_uri)
+            codes.append(_grid(args, experiment, tracker))
+        if len(experiments) > 1:
+            print(f"\n{len(experiments)} experiment files: {sum(c == 0 for c in codes)} without failed trials")
+        return max(codes)
     finally:
         shutdown_ray(started)
 

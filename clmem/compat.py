@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from clmem.options import ConfigError
+from clmem.registries import BENCHMARKS, MODELS, STRATEGIES
 
 #: The stream kinds and what their samples are.
 STREAM_KINDS: dict[str, str] = {
@@ -36,23 +37,19 @@ STREAM_KINDS: dict[str, str] = {
 
 def stream_kind(benchmark: dict) -> str:
     """The stream kind of a resolved benchmark section ``{"name": ..., **options}``."""
-    from clmem.benchmarks import BENCHMARKS
-
     kind = BENCHMARKS.get(benchmark["name"], "benchmark.name").meta.get("kind", "image")
+    if isinstance(kind, dict):  # {"by": option, "default": value, "values": {option value: kind}}
+        return kind["values"][benchmark.get(kind["by"], kind["default"])]
     return kind(benchmark) if callable(kind) else kind
 
 
 def model_accepts(name: str) -> tuple[str, ...]:
     """The stream kinds model ``name`` takes (all kinds when its registration names none)."""
-    from clmem.models import MODELS
-
     return tuple(MODELS.get(name, "model.name").meta.get("accepts", tuple(STREAM_KINDS)))
 
 
 def strategy_refusal(name: str, kind: str) -> str | None:
     """Why strategy ``name`` cannot train on streams of ``kind`` (``None``: it can)."""
-    from strategies.registry import STRATEGIES
-
     return dict(STRATEGIES.get(name, "strategy.name").meta.get("refuses", {})).get(kind)
 
 
@@ -72,16 +69,16 @@ def check_model_options(model: dict[str, Any]) -> None:
     """Cross-option checks of a resolved model section (e.g. ``num_chunks`` divides ``memory_size``).
 
     A model registered with meta ``config`` (its frozen config dataclass, or a function of the options
-    building it) is checked by building that config with unit input/output sizes; its
+    building it) is checked by building that config with the sizes in meta ``config_sizes`` (default: unit
+    ``input_size`` and ``output_size`` for a class, none for a function); its
     ``ValueError("Owner.field: reason")`` becomes ``ConfigError("model.field", reason)``.
     """
-    from clmem.models import MODELS
-
-    config = MODELS.get(model["name"], "model.name").meta.get("config")
+    meta = MODELS.get(model["name"], "model.name").meta
+    config = meta.get("config")
     if config is None:
         return
     options = {k: v for k, v in model.items() if k != "name"}
-    sizes = {} if not isinstance(config, type) else {"input_size": 1, "output_size": 1}
+    sizes = meta.get("config_sizes", {"input_size": 1, "output_size": 1} if isinstance(config, type) else {})
     try:
         config(**sizes, **options)
     except (ValueError, TypeError) as err:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from clmem.catalog import BENCHMARKS, MODELS, STRATEGIES, TRAINING_OPTIONS
+from clmem.registries import BENCHMARKS, MODELS, STRATEGIES, TRAINING_OPTIONS
 from clmem.compat import check_pair
 from clmem.options import ConfigError, Opt, check_name, defaults, shown
 from clmem.registry import Registry

@@ -29,6 +29,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from clmem import ray_reaper  # noqa: E402
 from clmem.config import Experiment  # noqa: E402
 from clmem.options import ConfigError  # noqa: E402
 from clmem.sizing import available_memory, check_fits, plan_request  # noqa: E402
@@ -130,6 +131,8 @@ class MlflowDriverCallback(tune.Callback):
         self.ended: set[str] = set()
         self.done = self.failed = 0
         self.gpu_fallback = False  # the whole grid runs on the CPU (announced once by run_grid)
+        self.retried: set[str] = set()     # Tune trial ids retried since their last report
+        self.announced: set[str] = set()   # Tune trial ids whose (re)start was announced
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -160,8 +163,11 @@ class MlflowDriverCallback(tune.Callback):
                     "clmem.device": result.get("device"), "clmem.metric": result.get("metric")}
             if "resumed_from" in result:
                 tags["clmem.resumed_from"] = result["resumed_from"]
+                if result.get("restart_reason"):
+                    tags["clmem.restart_reason"] = str(result["restart_reason"])[:4000]
             self.tracker.set_tags(run_id, tags)
             self._warn_fallback(spec, result)
+        self._announce_start(trial, spec, result)
         if result["experience"] <= self.last_step[run_id]:
             return  # already logged by an earlier attempt
         self.tracker.log_experience(run_id, result)
@@ -178,7 +184,23 @@ class MlflowDriverCallback(tune.Callback):
                           f"node {result.get('node_id')}: it runs on the CPU")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.progress(f"trial {trial.config['job']['trial']['index']} failed; retrying from its last checkpoint")
+        # whether the retry continues or restarts is only known when it reports (see _announce_start)
+        self.progress(f"trial {trial.config['job']['trial']['index']} failed; Ray retries it")
+        self.retried.add(trial.trial_id)
+
+    def _announce_start(self, trial, spec: dict, result: dict) -> None:
+        """On the first report of a retried or ``--resume``d attempt: whether it continued after its last
+        checkpoint or restarted from the first experience (the report's ``resumed_from``)."""
+        if "resumed_from" not in result or (trial.trial_id in self.announced and trial.trial_id not in self.retried):
+            return
+        self.retried.discard(trial.trial_id)
+        self.announced.add(trial.trial_id)
+        begun = result["resumed_from"]
+        if begun >= 0:
+            self.progress(f"trial {spec['index']} continues after experience {begun + 1} (its last checkpoint)")
+        else:
+            self.progress(f"trial {spec['index']} restarts from the first experience: "
+                          f"{result.get('restart_reason') or 'no saved state'}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
@@ -204,13 +226,33 @@ class MlflowDriverCallback(tune.Callback):
         return len(left)
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" advice: a clmem grid continues with
+    ``clmem grid FILE --resume``, which clmem prints itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "Tuner.restore(" not in text and "Resume experiment with" not in text
+
+
+def quiet_restore_hint() -> None:
+    """Install :class:`_NoRestoreHint` on Tune's loggers once."""
+    for name in ("ray.tune.tune", "ray.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoRestoreHint) for f in logger.filters):
+            logger.addFilter(_NoRestoreHint())
+
+
 def _trial_name(trial) -> str:
     spec = trial.config["job"]["trial"]
     return f"trial_{spec['index']:04d}_{spec['key']}"
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, progress: Callable[[str], None] = print) -> bool:
     """Join ``address`` or start a local Ray on this machine's CPUs; True if we started it.
+
+    Before starting a local Ray it ends the Ray processes a killed earlier driver left behind, and records
+    its own (:mod:`clmem.ray_reaper`).
 
     No ``worker_process_setup_hook`` warms the workers: Ray 2.60 starts a job's workers only
     when its trial actors are created, so a hook would import torch/Avalanche no earlier than the
@@ -222,8 +264,12 @@ def init_ray(address: str | None) -> bool:
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        return True
+    for driver, count in ray_reaper.reap_stale():  # Ray processes of a killed earlier driver
+        progress(f"ended {count} Ray processes left by an earlier clmem driver (pid {driver}) that was killed")
+    ray.init(num_cpus=os.cpu_count(), **kwargs)
+    node = getattr(ray._private.worker, "_global_node", None)
+    ray_reaper.record_driver(node.get_session_dir_path() if node is not None else None)
     return True
 
 
@@ -338,6 +384,7 @@ def shutdown_ray(started: bool) -> None:
     """Stop Ray if this process started it (``started`` as returned by :func:`init_ray`)."""
     if started:
         ray.shutdown()
+        ray_reaper.forget_driver()
 
 
 def _plan(experiment: Experiment, tracker: Tracker, storage: Path, resume: bool, progress):
@@ -410,4 +457,5 @@ def _fit(experiment, jobs, callback, storage: Path, parent_id: str, max_concurre
     # Tune's ResultGrid looks for the result.json/progress.csv its auto loggers would have written
     # (disabled above: results are in MLflow) and warns once per trial; clmem does not use it.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    quiet_restore_hint()
     tuner.fit()

@@ -46,7 +46,7 @@ def _declared(options: dict, tiny: dict) -> dict:
 def kind_benchmarks() -> dict[str, dict]:
     """One tiny benchmark section per stream kind (the first registered benchmark of that kind with a
     ``tiny`` option set whose data is present; bAbI kinds from the same benchmark with each ``encoding``)."""
-    from clmem.benchmarks import PREFLIGHT
+    from clmem.datafiles import preflight
 
     out: dict[str, dict] = {}
     for entry in BENCHMARKS:
@@ -54,7 +54,7 @@ def kind_benchmarks() -> dict[str, dict]:
         if tiny is None:
             continue
         try:  # a benchmark on real data joins when its files are present (Omniglot)
-            PREFLIGHT.get(entry.name, lambda section: None)({"name": entry.name, **tiny})
+            preflight({"name": entry.name, **tiny})
         except (OSError, ConfigError, ValueError):
             continue
         variants = [{}] if "encoding" not in entry.options else [{"encoding": e} for e in entry.options["encoding"].choices]

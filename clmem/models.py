@@ -12,10 +12,11 @@ from torch import nn
 
 from clmem.memory._validation import check_batch_input
 from clmem.options import Opt
-from clmem.registry import Registry
+from clmem import registries
 
 #: Sequence and QA learners register from :mod:`clmem.learners.registry` (imported on first lookup).
-MODELS = Registry("model", extensions=("clmem.learners.registry", "clmem.learners.memories"))
+MODELS = registries.MODELS.extend(extensions=("clmem.learners.registry", "clmem.learners.memories",
+                                                 "clmem.learners.qa_models", "clmem.learners.fewshot_models"))
 
 
 class MLP(nn.Module):

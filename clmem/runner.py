@@ -166,7 +166,7 @@ def run_trial(trial: dict, on_experience: Callable[[int, dict], None] | None = N
         wall = elapsed + time.perf_counter() - start
         if i == len(train_stream) - 1:
             summary = _summary(R, b, stream, wall)
-            avl = _avalanche_summary(results) if first == 0 else {}
+            avl = _avalanche_summary(results)  # a resumed trial's evaluator history is restored
             report.update(summary, **avl)
             picture = memory_picture(strategy.model, test_stream[len(test_stream) - 1].dataset, device)
             if picture:
@@ -206,10 +206,11 @@ def _starting_point(strategy, stream: Stream, resume: dict | None, why: str):
         set_rng_state(resume["rng"])
         extra = {"resumed_from": resume["experience"]}
         return resume["experience"] + 1, resume["R"], resume["b"], resume["elapsed"], extra
+    reason = why or "no saved state"
     if resume is not None:
-        warnings.warn(f"restarting trial from its first experience: {why or 'no saved state'}")
+        warnings.warn(f"restarting trial from its first experience: {reason}")
     b, _ = evaluate_row(strategy, stream.benchmark.test_stream, stream.metric_prefix)
-    return 0, [], b, 0.0, ({"resumed_from": -1} if resume is not None else {})
+    return 0, [], b, 0.0, ({"resumed_from": -1, "restart_reason": reason} if resume is not None else {})
 
 
 def _step_report(i: int, total: int, R, b, seconds: float, stream: Stream) -> dict:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # compare/ui need no torch or Avalanche: the catalog stays un
     from clmem.config import Experiment
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_NOT_METRICS = ("R", "b", "experience", "experiences_total", "worker_pid", "resumed_from")
+_NOT_METRICS = ("R", "b", "experience", "experiences_total", "worker_pid", "resumed_from", "restart_reason")
 #: Report keys logged as run tags: what the score is and its direction (read by clmem.compare).
 _SCORE_TAGS = {"metric": "clmem.metric", "higher_is_better": "clmem.higher_is_better"}
 #: Tag of a FAILED trial run: the one-line reason (e.g. a NonFiniteError's message).

@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-#: Plugins that hold no training state worth restoring (the evaluator's metric history is lost
-#: on resume; clmem's own metrics come from R, which is checkpointed; PeriodicEval holds only its
-#: settings).
+#: Plugins that hold no training state worth restoring by state_dict (the evaluator's forgetting/BWT history is
+#: saved by :func:`evaluator_state`; clmem's own metrics come from R, which is checkpointed; PeriodicEval holds
+#: only its settings).
 STATELESS_PLUGINS = {"EvaluationPlugin", "PeriodicEval"}
 #: Strategy classes whose state is entirely model + optimizer + plugins.
 PLAIN_STRATEGIES = {"Naive"}
@@ -56,7 +56,38 @@ def strategy_state(strategy) -> dict[str, Any]:
         "optimizer": strategy.optimizer.state_dict(),
         "clock": {f: getattr(clock, f) for f in _CLOCK_FIELDS if clock is not None and hasattr(clock, f)},
         "plugins": [p.state_dict() for p in _stateful_plugins(strategy)],
+        "evaluator": evaluator_state(strategy),
     }
+
+
+def _history_metrics(strategy) -> list:
+    """The evaluator's metrics that remember earlier evaluations: Avalanche's forgetting and BWT metrics
+    (each holds a ``forgetting`` with the ``initial`` and ``last`` value per experience)."""
+    evaluator = getattr(strategy, "evaluator", None)
+    found = []
+    for metric in getattr(evaluator, "metrics", []) or []:
+        history = getattr(metric, "forgetting", None)
+        if isinstance(getattr(history, "initial", None), dict) and isinstance(getattr(history, "last", None), dict):
+            found.append(metric)
+    return found
+
+
+def evaluator_state(strategy) -> list[dict]:
+    """Per history metric (in evaluator order): its class and ``initial``/``last`` values per experience, so
+    Avalanche's first-vs-last forgetting and BWT of a resumed trial cover the experiences trained before."""
+    return [{"metric": type(m).__name__,
+             "initial": {int(k): float(v) for k, v in m.forgetting.initial.items()},
+             "last": {int(k): float(v) for k, v in m.forgetting.last.items()}} for m in _history_metrics(strategy)]
+
+
+def load_evaluator_state(strategy, state: list[dict]) -> None:
+    metrics = _history_metrics(strategy)
+    if [type(m).__name__ for m in metrics] != [s["metric"] for s in state]:
+        raise ValueError(f"checkpoint has evaluator metrics {[s['metric'] for s in state]}, strategy has "
+                         f"{[type(m).__name__ for m in metrics]}")
+    for metric, saved in zip(metrics, state):
+        metric.forgetting.initial = {int(k): float(v) for k, v in saved["initial"].items()}
+        metric.forgetting.last = {int(k): float(v) for k, v in saved["last"].items()}
 
 
 def load_strategy_state(strategy, state: dict[str, Any]) -> None:
@@ -71,6 +102,7 @@ def load_strategy_state(strategy, state: dict[str, Any]) -> None:
         raise ValueError(f"checkpoint has {len(state['plugins'])} plugin states, strategy has {len(plugins)} plugins")
     for plugin, plugin_state in zip(plugins, state["plugins"]):
         plugin.load_state_dict(plugin_state)
+    load_evaluator_state(strategy, state.get("evaluator", []))
 
 
 # ---- checkpoint files: plain state, size + hash beside it, verified loading ----------------------

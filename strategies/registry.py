@@ -22,33 +22,33 @@ from functools import lru_cache
 from typing import Any
 
 from clmem.options import ConfigError, Opt, defaults
-from clmem.registry import Registry
+from clmem import registries
+from clmem.registries import TRAINING_OPTIONS
 
-STRATEGIES = Registry("strategy", extensions=("strategies.sequence", "strategies.clmem_strategies"))
+STRATEGIES = registries.STRATEGIES.extend(extensions=("strategies.sequence", "strategies.clmem_strategies"))
 
-#: Options every strategy takes; the runner turns optimizer/lr/momentum/weight_decay into the
-#: optimizer, the rest go to the strategy's constructor.
-TRAINING_OPTIONS: dict[str, Opt] = {
-    "train_epochs": Opt(int, 1, min=1),
-    "train_mb_size": Opt(int, 32, min=1),
-    "eval_mb_size": Opt(int, 256, min=1),
-    "optimizer": Opt(str, "sgd", choices=("sgd", "adam")),
-    "lr": Opt(float, 0.01, min=0.0),
-    "momentum": Opt(float, 0.0, min=0.0, max=1.0),
-    "weight_decay": Opt(float, 0.0, min=0.0),
-}
 _LOOP_KEYS = ("train_epochs", "train_mb_size", "eval_mb_size")
 
 
-def avalanche_class(class_name: str):
+class AvalancheClass:
     """A zero-argument callable returning ``avalanche.training.supervised.<class_name>`` (imported lazily)."""
-    def template():
+
+    def __init__(self, class_name: str):
+        self.class_name = class_name
+        self.__name__ = f"template_{class_name}"
+
+    def __call__(self):
         import avalanche.training.supervised as supervised
 
-        return getattr(supervised, class_name)
+        return getattr(supervised, self.class_name)
 
-    template.__name__ = f"template_{class_name}"
-    return template
+    def manifest_spec(self) -> tuple[str, tuple]:
+        """How :mod:`clmem.manifest` rebuilds this without importing Avalanche."""
+        return "strategies.registry:AvalancheClass", (self.class_name,)
+
+
+def avalanche_class(class_name: str) -> AvalancheClass:
+    return AvalancheClass(class_name)
 
 
 def _avalanche(class_name: str):

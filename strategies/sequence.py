@@ -137,5 +137,12 @@ _DESCRIPTIONS = {
     "sequence_ewc": "the sequence strategy with Avalanche's EWCPlugin",
     "sequence_replay": "the sequence strategy with Avalanche's ReplayPlugin",
 }
+
+
+def template() -> type:
+    """The Avalanche class behind the sequence strategies (its keyword arguments pass through)."""
+    return SequenceStrategy
+
+
 for _name, _options in SEQUENCE_OPTIONS.items():
-    STRATEGIES.register(_name, _options, _DESCRIPTIONS[_name], template=lambda: SequenceStrategy)(_builder(_name))
+    STRATEGIES.register(_name, _options, _DESCRIPTIONS[_name], template=template)(_builder(_name))

@@ -1,10 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# the registry manifest (clmem.manifest) of the test run stays out of the user's ~/.cache
+os.environ.setdefault("CLMEM_CACHE_DIR", tempfile.mkdtemp(prefix="clmem-test-cache-"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MNIST_ROOT = SHARED_DATA / "mnist"

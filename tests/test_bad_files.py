@@ -89,6 +89,58 @@ CASES = [
      "strategy.lr", "expected at most 10000 trials"),
     ("tab_indented", BASE + "resources:\n\tcpu: 1\n", "", "invalid YAML"),
     ("top_level_list", "- 1\n- 2\n", "", "expected a mapping of keys at the top"),
+    # names, keys and sections
+    ("unknown_top_key", BASE + "epochs: 3\n", "epochs", "unknown"),
+    ("missing_benchmark", BASE.replace("benchmark: {name: split_digits, n_experiences: 2}\n", ""), "benchmark",
+     "missing"),
+    ("missing_model", BASE.replace("model: {name: mlp, hidden_size: 8, num_layers: 1}\n", ""), "model", "missing"),
+    ("missing_strategy_name", swap("{name: naive, train_epochs: 1}", "{train_epochs: 1}"), "strategy.name",
+     "missing (expected one of"),
+    ("unknown_benchmark", swap("split_digits", "split_cifar"), "benchmark.name", "unknown benchmark 'split_cifar'"),
+    ("unknown_model", swap("name: mlp", "name: resnet"), "model.name", "unknown model 'resnet'"),
+    ("unknown_strategy", swap("name: naive", "name: icarl"), "strategy.name", "unknown strategy 'icarl'"),
+    ("unknown_strategy_in_axis", swap("name: naive", "name: [naive, icarl]"), "strategy.name",
+     "unknown strategy 'icarl'"),
+    ("strategy_name_number", swap("name: naive", "name: 3"), "strategy.name", "expected a string"),
+    ("unknown_model_option", swap("num_layers: 1}", "num_layers: 1, width: 3}"), "model.width",
+     "unknown option of model 'mlp'"),
+    ("unknown_benchmark_option", swap("n_experiences: 2}", "n_experiences: 2, classes: 4}"), "benchmark.classes",
+     "unknown option of benchmark 'split_digits'"),
+    ("unknown_strategy_option", strategy("mem_size: 10"), "strategy.mem_size", "unknown option of strategy 'naive'"),
+    ("section_not_mapping", swap("model: {name: mlp, hidden_size: 8, num_layers: 1}", "model: mlp"), "model",
+     "expected a mapping"),
+    ("block_not_mapping", swap("{name: naive,", "{name: [naive, ewc], ewc: 5,"), "strategy.ewc",
+     "expected a mapping"),
+    ("empty_file", "", "", "expected a mapping of keys at the top"),
+    ("scalar_file", "just text\n", "", "expected a mapping of keys at the top"),
+    ("yaml_syntax_error", BASE + "resources: {cpu: 1\n", "", "invalid YAML"),
+    # option values
+    ("train_epochs_zero", strategy("train_epochs: 0").replace("train_epochs: 1, ", ""), "strategy.train_epochs",
+     ">= 1"),
+    ("batch_negative", strategy("train_mb_size: -4"), "strategy.train_mb_size", ">= 1"),
+    ("optimizer_unknown", strategy("optimizer: rmsprop"), "strategy.optimizer", "one of: 'sgd', 'adam'"),
+    ("momentum_above_one", strategy("momentum: 1.5"), "strategy.momentum", "in [0.0, 1.0]"),
+    ("lr_negative", strategy("lr: -0.1"), "strategy.lr", ">= 0.0"),
+    ("lr_string", strategy("lr: fast"), "strategy.lr", "expected a number"),
+    ("lr_bool", strategy("lr: true"), "strategy.lr", "expected a number"),
+    ("n_experiences_not_a_choice", swap("n_experiences: 2", "n_experiences: 3"), "benchmark.n_experiences",
+     "one of: 1, 2, 5, 10"),
+    ("hidden_size_zero", swap("hidden_size: 8", "hidden_size: 0"), "model.hidden_size", ">= 1"),
+    ("num_layers_string", swap("num_layers: 1", "num_layers: two"), "model.num_layers", "an integer"),
+    ("empty_axis", strategy("lr: []"), "strategy.lr", "empty"),
+    ("seed_fraction", BASE + "seeds: [1.5]\n", "seeds", "expected an integer >= 0"),
+    ("seed_string", BASE + "seeds: first\n", "seeds", "expected an integer >= 0"),
+    ("max_failures_negative", BASE + "max_failures: -1\n", "max_failures", "in [0, 100]"),
+    ("unknown_resource", BASE + "resources: {memory: 4}\n", "resources.memory", "unknown"),
+    ("cpu_string", BASE + "resources: {cpu: many}\n", "resources.cpu", "expected a number"),
+    ("uri_number", BASE + "tracking_uri: 5\n", "tracking_uri", "expected a string"),
+    # learner × stream kinds
+    ("dnc_on_images", swap("model: {name: mlp, hidden_size: 8, num_layers: 1}", "model: {name: dnc}"),
+     "model.name", "takes bits / qa_sequence / episodes streams, not image"),
+    ("der_on_bits", swap("strategy: {name: naive, train_epochs: 1}", "strategy: {name: der}").replace(
+        "{name: split_digits, n_experiences: 2}", "{name: continual_algorithmic}").replace(
+        "{name: mlp, hidden_size: 8, num_layers: 1}", "{name: lstm}"), "strategy.name",
+     "strategy 'der' cannot train on bits streams"),
 ]
 
 
@@ -115,7 +167,7 @@ def test_validate_refuses_with_one_line_and_exit_2(tmp_path, monkeypatch, capsys
 
 
 def test_table_is_large_enough():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 70 and len({c[0] for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("ident", ["lr_nan", "duplicate_section", "name_parent_dirs", "uri_ftp", "hidden_size_1e9",

@@ -154,6 +154,10 @@ def test_a_real_trial_resumes_from_a_verified_checkpoint(tmp_path):
     state, _ = read_checkpoint(tmp_path)
     resumed = run_trial(trial, resume=state)
     assert resumed.R == whole.R and resumed.summary["ACC"] == whole.summary["ACC"]
+    # Avalanche's own first-vs-last forgetting and BWT remember the experience trained before the resume
+    assert set(whole.avalanche) == {"avl_stream_acc", "avl_forgetting", "avl_bwt"}
+    assert resumed.avalanche == pytest.approx(whole.avalanche)
+    assert whole.avalanche["avl_forgetting"] == pytest.approx(whole.R[0][0] - whole.R[1][0])
 
 
 def test_driver_tags_the_run_and_prints_one_warning(tmp_path):

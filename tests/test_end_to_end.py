@@ -129,3 +129,45 @@ def test_ui_command_serves_the_same_store_on_localhost(tmp_path):
     finally:  # the UI's server, job runner and workers share its process group
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def _tiny(name: str, **strategy) -> dict:
+    return {"name": name, "benchmark": {"name": "split_digits", "n_experiences": 2, "per_class": 10},
+            "model": {"name": "mlp", "hidden_size": 8, "num_layers": 1},
+            "strategy": {"name": "naive", "train_epochs": 1, **strategy}, "seeds": [0]}
+
+
+def test_validate_and_grid_of_a_folder_check_every_file_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    assert main(["validate", str(folder)]) == 2
+    assert "no experiment files (*.yaml) in this folder" in capsys.readouterr().err
+    (folder / "a.yaml").write_text(yaml.safe_dump(_tiny("dir_a")))
+    (folder / "b.yaml").write_text(yaml.safe_dump(_tiny("dir_b", lr=float("nan"))))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["grid", str(folder), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "b.yaml: strategy.lr" in err, err
+    assert not (tmp_path / "mlflow.db").exists()  # the good first file did not run either
+    (folder / "b.yaml").write_text(yaml.safe_dump(_tiny("dir_b")))
+    assert main(["validate", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / "a.yaml"), str(folder / "b.yaml")]
+
+
+@pytest.mark.slow
+def test_grid_of_a_folder_runs_each_file_as_its_own_grid(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    for name in ("dir_a", "dir_b"):
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(_tiny(name)))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["grid", str(folder), "--tracking-uri", uri]) == 0
+    assert "2 experiment files: 2 without failed trials" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    for name in ("dir_a", "dir_b"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert sorted(r.data.tags.get("clmem.kind") for r in runs) == ["grid", "trial"]
+        assert all(r.info.status == "FINISHED" for r in runs)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -49,6 +50,18 @@ def assert_logged_once(client, run):
     assert sorted(steps) == [0, 1, 2, 3, 4], steps
 
 
+def leftover_processes(group: int) -> list:
+    """Live processes of process group ``group`` (the killed driver's session)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == group and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return found
+
+
 def crashing_grid(tmp_path, monkeypatch, strategy, crash_after, max_failures):
     """Run a one-trial grid whose trial process exits hard once after ``crash_after``: (exit code, uri)."""
     monkeypatch.chdir(tmp_path)
@@ -58,9 +71,11 @@ def crashing_grid(tmp_path, monkeypatch, strategy, crash_after, max_failures):
     return main(["grid", str(file), "--tracking-uri", uri]), uri
 
 
-def test_killed_trial_is_retried_and_resumes_from_last_experience(tmp_path, monkeypatch):
+def test_killed_trial_is_retried_and_resumes_from_last_experience(tmp_path, monkeypatch, capsys):
     code, uri = crashing_grid(tmp_path, monkeypatch, "naive", crash_after=1, max_failures=1)
     assert code == 0
+    out = capsys.readouterr().out
+    assert "trial 0 failed; Ray retries it" in out and "trial 0 continues after experience 2" in out, out
     assert (tmp_path / "crashed").exists()  # the trial process really died once
     client, runs = trial_runs(uri)
     assert len(runs) == 1
@@ -71,14 +86,20 @@ def test_killed_trial_is_retried_and_resumes_from_last_experience(tmp_path, monk
     reference = run_trial(Experiment.from_dict(grid("naive", [0])).trials[0])
     assert run.data.metrics["ACC"] == pytest.approx(reference.summary["ACC"], abs=1e-6)
     assert run.data.metrics["BWT"] == pytest.approx(reference.summary["BWT"], abs=1e-6)
+    # every metric, Avalanche's own included (its forgetting history is checkpointed too)
+    for name, value in reference.avalanche.items():
+        assert run.data.metrics[name] == pytest.approx(value, abs=1e-6), name
 
 
-def test_non_resumable_strategy_restarts_and_logs_nothing_twice(tmp_path, monkeypatch):
+def test_non_resumable_strategy_restarts_and_logs_nothing_twice(tmp_path, monkeypatch, capsys):
     code, uri = crashing_grid(tmp_path, monkeypatch, "replay", crash_after=2, max_failures=1)
     assert code == 0
+    out = capsys.readouterr().out
+    assert "trial 0 restarts from the first experience: strategy class" in out and "checkpoint" not in out, out
     client, runs = trial_runs(uri)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["clmem.resumed_from"] == "-1"  # replay buffer has no state_dict
+    assert "keeps state without a state_dict" in runs[0].data.tags["clmem.restart_reason"]
     assert_logged_once(client, runs[0])
 
 
@@ -105,7 +126,7 @@ def test_resume_after_driver_killed_runs_only_missing_trials(tmp_path, how):
         if "finished (1/3 done)" in line or time.time() > deadline:
             break
     if how == "SIGKILL":
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, without clean-up
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: the Ray it started is left without clean-up
         proc.wait(timeout=60)
     else:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune stops, clmem ends open runs as KILLED
@@ -125,6 +146,10 @@ def test_resume_after_driver_killed_runs_only_missing_trials(tmp_path, how):
         assert main(["grid", str(file), "--tracking-uri", uri, "--resume"]) == 0
     finally:
         os.chdir(cwd)
+        left = leftover_processes(proc.pid)
+        for p in left:
+            p.kill()
+    assert left == [], [" ".join(p.cmdline()[:3]) for p in left]  # --resume ended the killed driver's Ray
     client, after = trial_runs(uri)
     keys = [r.data.tags["clmem.trial_key"] for r in after]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 3  # each trial exactly once

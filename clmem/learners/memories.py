@@ -74,7 +74,7 @@ for _name, (_core, _options, _description) in MEMORY_LEARNERS.items():
         "max_count": Opt(int, 0, min=0, help="cap on a slot's running-mean count (0: none)"),
     },
     "I/G/O/R memory network (Weston et al. 2014) with its memory in a FAISS episodic store",
-    accepts=("image",), config=lambda **options: IGORConfig(input_size=1, num_classes=1, **options),
+    accepts=("image",), config=IGORConfig, config_sizes={"input_size": 1, "num_classes": 1},
 )
 def igor(input_shape, num_classes, **options) -> nn.Module:
     if len(input_shape) != 3:

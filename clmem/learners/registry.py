@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from clmem.memory._validation import check_batch_input
 from clmem.memory.controller import CONTROLLER_KINDS
+from clmem.memory.ntm import MEMORY_INITS as NTM_MEMORY_INITS, WEIGHT_INITS as NTM_WEIGHT_INITS
 from clmem.models import MODELS
 from clmem.options import Opt
 
@@ -38,12 +39,28 @@ CORE_OPTIONS = {
     "num_writes": Opt(int, 1, min=1),
     "clip_value": Opt(float, 20.0, min=1e-6, nullable=True, help="clip of controller/core outputs (null: none)"),
 }
+#: DNC improvements (Csordás & Schmidhuber 2019, :mod:`clmem.memory.dnc_improved`), off by default
+_DNC_IMPROVED = {
+    "masked_content": Opt(bool, False, help="mask from the controller on key and memory before the cosine"),
+    "dealloc_erase": Opt(bool, False, help="erase freed cells (memory times the free-gate retention) before writing"),
+    "link_sharpness": Opt(bool, False, help="forward/backward weights raised to a learned power >= 1, renormalised"),
+}
+#: rsDNC (Franke et al. 2018) controller options, off by default
+_ROBUST = {
+    "layer_norm": Opt(bool, False, help="layer-normalised controller (LN-LSTM)"),
+    "bypass_dropout": Opt(float, 0.0, min=0.0, max=0.9,
+                          help="dropout on the controller output where it bypasses the memory (training only)"),
+}
 SEQUENCE_LEARNERS: dict[str, dict[str, Opt]] = {
     "lstm": {**_HIDDEN, "num_layers": Opt(int, 1, min=1, max=8)},
-    "ntm": {**CORE_OPTIONS, "shift_range": Opt(int, 1, min=0)},
-    "dnc": dict(CORE_OPTIONS),
+    "ntm": {**CORE_OPTIONS, "shift_range": Opt(int, 1, min=0),
+            "memory_init": Opt(str, "constant", choices=NTM_MEMORY_INITS,
+                               help="initial memory (Collier & Beel 2018): 1e-6 cells, learned tanh(b), fixed tanh(noise)"),
+            "weight_init": Opt(str, "onehot", choices=NTM_WEIGHT_INITS,
+                               help="initial head weights: one-hot on slot 0 or a learned softmax")},
+    "dnc": {**CORE_OPTIONS, **_DNC_IMPROVED, **_ROBUST},
     "mann": {**CORE_OPTIONS, "usage_decay": Opt(float, 0.95, min=0.0, max=1.0)},
-    "sparse_dnc": {**CORE_OPTIONS, "k_neighbours": Opt(int, 4, min=1), "use_links": Opt(bool, False)},
+    "sparse_dnc": {**CORE_OPTIONS, "k_neighbours": Opt(int, 4, min=1), "use_links": Opt(bool, False), **_ROBUST},
 }
 _DESCRIPTIONS = {
     "lstm": "LSTM sequence learner (baseline)",

@@ -131,16 +131,24 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
 
 
 def sharpen(weights: Tensor, gamma: Tensor, eps: float = EPSILON) -> Tensor:
-    """NTM sharpening ``w = w~^gamma / (sum_i w~(i)^gamma + eps)``.
+    """NTM sharpening ``w = w~^gamma / sum_i w~(i)^gamma``.
+
+    Computed on ``w~ / max_i w~(i)`` (the ratio is the same): the largest term is then 1, so the sum is >= 1
+    and ``eps`` (added to it, for an all-zero ``w~``) never takes mass from a weighting. On ``w~`` itself the
+    sum underflows next to ``eps`` for a spread weighting and a large ``gamma`` (``0.5, 0.3, 0.2`` with
+    ``gamma = 20``: sum ``1e-6``), and the head silently lost its focus. The max is a constant for autograd
+    (the result does not depend on the scale of ``w~``).
 
     Args:
         weights: ``w~`` ``[B, H, N]``, non-negative.
         gamma: ``[B, H]`` with ``gamma >= 1`` (``1 + softplus``).
 
     Returns:
-        ``[B, H, N]`` summing to at most 1.
+        ``[B, H, N]`` summing to 1 (to 0 for an all-zero ``w~``).
     """
-    powered = weights.clamp_min(0.0).pow(gamma.unsqueeze(-1))
+    weights = weights.clamp_min(0.0)
+    scale = weights.detach().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    powered = (weights / scale).pow(gamma.unsqueeze(-1))
     return powered / (powered.sum(dim=-1, keepdim=True) + eps)
 
 

@@ -11,14 +11,16 @@ import math
 from typing import Any, List, NamedTuple, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ._validation import check_batch_input, check_choice, check_int, check_positive_float
 from .controller import CONTROLLER_KINDS, Controller, ControllerState
 from .dnc import DNCMemory, DNCMemoryConfig
+from .dnc_improved import LayerNormController
 from .lrua import LRUAMemory, LRUAMemoryConfig
-from .ntm import NTMMemory, NTMMemoryConfig
+from .ntm import MEMORY_INITS as NTM_MEMORY_INITS, WEIGHT_INITS as NTM_WEIGHT_INITS, NTMMemory, NTMMemoryConfig
 
 
 @dataclass(frozen=True)
@@ -55,26 +57,60 @@ class CoreConfig:
         check_positive_float(owner, "clip_value", self.clip_value, allow_none=True)
 
 
+def check_robust(owner: str, layer_norm: Any, bypass_dropout: Any) -> None:
+    """Validate the rsDNC options (Franke et al. 2018) of a core config: one line naming the field."""
+    if not isinstance(layer_norm, bool):
+        raise ValueError(f"{owner}.layer_norm: expected a bool, got {layer_norm!r}")
+    if isinstance(bypass_dropout, bool) or not isinstance(bypass_dropout, (int, float)) \
+            or not 0.0 <= bypass_dropout < 1.0:
+        raise ValueError(f"{owner}.bypass_dropout: expected a float in [0, 1), got {bypass_dropout!r}")
+
+
 @dataclass(frozen=True)
 class DNCCoreConfig(CoreConfig):
-    """``DNCCore`` hyper-parameters."""
+    """``DNCCore`` hyper-parameters, with the improvements of ``dnc_improved`` (all off by default):
+    ``masked_content``, ``dealloc_erase``, ``link_sharpness`` (see ``DNCMemoryConfig``), ``layer_norm`` (a
+    layer-normalised controller) and ``bypass_dropout`` (dropout probability on the controller output where it
+    bypasses the memory into the output layer, in training only; rsDNC)."""
+
+    masked_content: bool = False
+    dealloc_erase: bool = False
+    link_sharpness: bool = False
+    layer_norm: bool = False
+    bypass_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_robust(type(self).__name__, self.layer_norm, self.bypass_dropout)
+        try:
+            self.memory_config()
+        except ValueError as exc:  # re-raise under this class's name, still one line naming the field
+            raise ValueError(str(exc).replace("DNCMemoryConfig.", f"{type(self).__name__}.", 1)) from None
 
     def memory_config(self) -> DNCMemoryConfig:
-        return DNCMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes)
+        return DNCMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes,
+                               self.masked_content, self.dealloc_erase, self.link_sharpness)
 
 
 @dataclass(frozen=True)
 class NTMCoreConfig(CoreConfig):
-    """``NTMCore`` hyper-parameters; ``shift_range`` s allows shifts in ``[-s, s]``."""
+    """``NTMCore`` hyper-parameters; ``shift_range`` s allows shifts in ``[-s, s]``; ``memory_init`` and
+    ``weight_init`` choose the initial memory and head weights (see :mod:`clmem.memory.ntm`)."""
 
     shift_range: int = 1
+    memory_init: str = "constant"
+    weight_init: str = "onehot"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int(type(self).__name__, "shift_range", self.shift_range, 0)
+        owner = type(self).__name__
+        check_int(owner, "shift_range", self.shift_range, 0)
+        check_choice(owner, "memory_init", self.memory_init, NTM_MEMORY_INITS)
+        check_choice(owner, "weight_init", self.weight_init, NTM_WEIGHT_INITS)
 
     def memory_config(self) -> NTMMemoryConfig:
-        return NTMMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes, self.shift_range)
+        return NTMMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes, self.shift_range,
+                               self.memory_init, self.weight_init)
 
 
 @dataclass(frozen=True)
@@ -145,7 +181,9 @@ class MemoryCore(nn.Module):
         self.config = config
         read_size = config.num_reads * config.word_size
         self.memory = self.memory_class(config.memory_config())
-        self.controller = Controller(config.input_size + read_size, config.hidden_size, config.controller)
+        # a config with ``layer_norm`` (DNC, sparse DNC) gets the layer-normalised controller
+        controller = LayerNormController if getattr(config, "layer_norm", False) else Controller
+        self.controller = controller(config.input_size + read_size, config.hidden_size, config.controller)
         self.interface_layer = nn.Linear(config.hidden_size, self.memory.interface_size)
         self.output_layer = nn.Linear(config.hidden_size + read_size, config.output_size)
 
@@ -190,7 +228,12 @@ class MemoryCore(nn.Module):
         return controller_output, CoreState(controller_state, memory_state, read_words)
 
     def _output(self, controller_output: Tensor, read_words: Tensor) -> Tensor:
-        """``clip(Linear([controller_output, read_words]))`` for ``[..., hidden]`` and ``[..., R, W]`` inputs."""
+        """``clip(Linear([controller_output, read_words]))`` for ``[..., hidden]`` and ``[..., R, W]`` inputs; in
+        training, a config's ``bypass_dropout`` drops units of ``controller_output`` on this path only (the
+        interface, i.e. the memory path, sees them all)."""
+        dropout = getattr(self.config, "bypass_dropout", 0.0)
+        if dropout and self.training:
+            controller_output = F.dropout(controller_output, dropout, training=True)
         flat_reads = read_words.reshape(*read_words.shape[:-2], -1)
         return self._clip(self.output_layer(torch.cat([controller_output, flat_reads], dim=-1)))
 

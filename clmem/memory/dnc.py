@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from . import _native_dnc as native
 from . import _native_step as native_step
 from . import addressing as addr
+from . import dnc_improved as improved
 from ._interface import groups_size, split_grouped_interface
 from .link_tape import LinkTape
 from ._validation import check_int
@@ -29,16 +30,34 @@ from ._validation import check_int
 
 @dataclass(frozen=True)
 class DNCMemoryConfig:
-    """DNC memory sizes: ``memory_size`` N, ``word_size`` W, ``num_reads`` R, ``num_writes`` H."""
+    """DNC memory sizes: ``memory_size`` N, ``word_size`` W, ``num_reads`` R, ``num_writes`` H; and the options of
+    ``dnc_improved`` (Csordás & Schmidhuber 2019), all off by default: ``masked_content`` (a sigmoid mask per head
+    on key and memory before the cosine), ``dealloc_erase`` (freed cells are erased before the write),
+    ``link_sharpness`` (forward/backward weights raised to a learned power ``>= 1`` per read and write head)."""
 
     memory_size: int
     word_size: int
     num_reads: int
     num_writes: int = 1
+    masked_content: bool = False
+    dealloc_erase: bool = False
+    link_sharpness: bool = False
 
     def __post_init__(self) -> None:
         for field in ("memory_size", "word_size", "num_reads", "num_writes"):
             check_int("DNCMemoryConfig", field, getattr(self, field), 1)
+        for field in IMPROVEMENTS:
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"DNCMemoryConfig.{field}: expected a bool, got {getattr(self, field)!r}")
+
+    @property
+    def improved(self) -> bool:
+        """Whether any ``dnc_improved`` option is on (then the pure-torch step runs: no C kernel has them)."""
+        return any(getattr(self, field) for field in IMPROVEMENTS)
+
+
+#: the ``DNCMemoryConfig`` options of ``dnc_improved``
+IMPROVEMENTS = ("masked_content", "dealloc_erase", "link_sharpness")
 
 
 class DNCInterface(NamedTuple):
@@ -54,6 +73,9 @@ class DNCInterface(NamedTuple):
     allocation_gates: Tensor  # [B, H] in [0, 1]
     write_gates: Tensor  # [B, H] in [0, 1]
     read_modes: Tensor  # [B, R, 1 + 2H], softmax
+    read_masks: Optional[Tensor] = None  # [B, R, W] in [0, 1] (masked_content)
+    write_masks: Optional[Tensor] = None  # [B, H, W] in [0, 1] (masked_content)
+    link_sharpness: Optional[Tensor] = None  # [B, R, 2H] >= 1, [forward_1..H, backward_1..H] (link_sharpness)
 
 
 class DNCState(NamedTuple):
@@ -75,18 +97,21 @@ class DNCMemory(nn.Module):
         self.config = config if config is not None else DNCMemoryConfig(**kwargs)
         c = self.config
         R, W, H = c.num_reads, c.word_size, c.num_writes
+        masks = (("read_masks", (R, W)), ("write_masks", (H, W))) if c.masked_content else ()
+        sharpness = (("link_sharpness", (R, 2 * H)),) if c.link_sharpness else ()
         self._groups = (  # fields grouped by nonlinearity, so each is applied once per step
             (None, (("read_keys", (R, W)), ("write_keys", (H, W)), ("write_vectors", (H, W)),
                     ("read_modes", (R, 1 + 2 * H)))),
-            (addr.oneplus, (("read_strengths", (R,)), ("write_strengths", (H,)))),
+            (addr.oneplus, (("read_strengths", (R,)), ("write_strengths", (H,)), *sharpness)),
             (torch.sigmoid, (("erase_vectors", (H, W)), ("free_gates", (R,)), ("allocation_gates", (H,)),
-                             ("write_gates", (H,)))),
+                             ("write_gates", (H,)), *masks)),
         )
         self._layout = self._native_layout()
 
     @property
     def interface_size(self) -> int:
-        """Length of the flat interface vector: ``R*W + R + 3*H*W + H + R + 2*H + R*(1 + 2H)``."""
+        """Length of the flat interface vector: ``R*W + R + 3*H*W + H + R + 2*H + R*(1 + 2H)``, plus ``(R + H)*W``
+        with ``masked_content`` and ``2*R*H`` with ``link_sharpness``."""
         return groups_size(self._groups)
 
     def parse_interface(self, vector: Tensor) -> DNCInterface:
@@ -112,9 +137,16 @@ class DNCMemory(nn.Module):
             precedence=torch.zeros(B, H, N, **kw),
         )
 
+    @staticmethod
+    def _content(memory: Tensor, keys: Tensor, strengths: Tensor, masks: Optional[Tensor]) -> Tensor:
+        """Content weights ``[B, heads, N]``, masked when ``masks`` (``masked_content``) is given."""
+        if masks is None:
+            return addr.content_weights(memory, keys, strengths)
+        return improved.masked_content_weights(memory, keys, strengths, masks)
+
     def _next_write_weights(self, interface: DNCInterface, prev_memory: Tensor, usage: Tensor) -> Tensor:
         """Write weights ``[B, H, N]`` from content lookup on ``M_{t-1}`` and allocation from ``u_t``."""
-        content = addr.content_weights(prev_memory, interface.write_keys, interface.write_strengths)
+        content = self._content(prev_memory, interface.write_keys, interface.write_strengths, interface.write_masks)
         allocation = addr.write_allocation_weights(
             usage, interface.allocation_gates * interface.write_gates, self.config.num_writes
         )
@@ -131,10 +163,11 @@ class DNCMemory(nn.Module):
         usage = addr.update_usage(
             prev_state.usage, prev_state.write_weights, interface.free_gates, prev_state.read_weights
         )
-        write_weights = self._next_write_weights(interface, prev_state.memory, usage)
-        memory = addr.erase_and_write(
-            prev_state.memory, write_weights, interface.erase_vectors, interface.write_vectors
-        )
+        prev_memory = prev_state.memory
+        if self.config.dealloc_erase:  # freed cells are erased before the write (and its content lookup)
+            prev_memory = improved.erase_freed(prev_memory, interface.free_gates, prev_state.read_weights)
+        write_weights = self._next_write_weights(interface, prev_memory, usage)
+        memory = addr.erase_and_write(prev_memory, write_weights, interface.erase_vectors, interface.write_vectors)
         if tape is None:
             link, forward, backward = addr.temporal_link_step(
                 prev_state.link, prev_state.precedence, write_weights, prev_state.read_weights
@@ -143,8 +176,12 @@ class DNCMemory(nn.Module):
             forward, backward, link = tape.step(
                 prev_state.link, prev_state.precedence, write_weights, prev_state.read_weights
             )
+        if interface.link_sharpness is not None:
+            h = self.config.num_writes
+            forward = improved.sharpen_directional(forward, interface.link_sharpness[..., :h])
+            backward = improved.sharpen_directional(backward, interface.link_sharpness[..., h:])
         precedence = addr.update_precedence(prev_state.precedence, write_weights)
-        content = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
+        content = self._content(memory, interface.read_keys, interface.read_strengths, interface.read_masks)
         read_weights = addr.read_weights(content, forward, backward, interface.read_modes)
         next_state = DNCState(memory, read_weights, write_weights, usage, link, precedence)
         return addr.read_memory(memory, read_weights), next_state
@@ -168,12 +205,13 @@ class DNCMemory(nn.Module):
     ) -> Tuple[Tensor, DNCState]:
         """``step(parse_interface(vector), prev_state, tape)`` for a raw interface ``vector [B, interface_size]``.
 
-        With one write head and the optional C kernels (``_native_dnc``) this runs as three hand-differentiated
+        With one write head, no ``dnc_improved`` option and the optional C kernels (``_native_dnc``) this runs as
+        three hand-differentiated
         nodes (interface activations, the memory before the link step, the reads after it) around the link step,
         or with a ``tape`` as one node for the whole step, with the same values and gradients as the composed pure
         functions (tested in float64)."""
-        if (self.config.num_writes != 1 or vector.dim() != 2 or vector.shape[-1] != self.interface_size
-                or not native.usable(vector, prev_state.memory)):
+        if (self.config.num_writes != 1 or self.config.improved or vector.dim() != 2
+                or vector.shape[-1] != self.interface_size or not native.usable(vector, prev_state.memory)):
             return self.step(self.parse_interface(vector), prev_state, tape)
         ranges, pre, post = self._layout
         s = prev_state

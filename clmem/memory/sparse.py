@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_int
-from .cores import CoreConfig, CoreTrace, MemoryCore
+from .cores import CoreConfig, CoreTrace, MemoryCore, check_robust
 from .sparse_addressing import (
     DenseMemoryState,
     SparseInterface,
@@ -365,9 +365,12 @@ class SparseDNCCoreConfig(CoreConfig):
     recycle_buffers: bool = False
     use_links: bool = False
     link_neighbours: int = 4
+    layer_norm: bool = False  # rsDNC options, as DNCCoreConfig's (layer-normalised controller, bypass dropout)
+    bypass_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_robust(type(self).__name__, self.layer_norm, self.bypass_dropout)
         if getattr(self, "checkpoint_every", None) not in (None, 0):  # in-place buffers cannot be recomputed
             raise ValueError(f"{type(self).__name__}.checkpoint_every: expected 0 or None (the sparse memory is "
                              f"updated in place, so a segment cannot be recomputed), got {self.checkpoint_every!r}")

@@ -21,13 +21,15 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, 
 import torch
 from torch import Tensor
 
+from clmem.datafiles import BABI_LAYOUTS, babi_file, babi_root
+
 __all__ = [
     "LAYOUTS", "SPECIALS", "BabiQuestion", "BabiStory", "Vocabulary", "MemNetData", "SequenceData",
     "babi_root", "babi_file", "parse_babi", "read_babi_file", "load_babi_task", "load_babi", "questions_of",
     "tokenize", "encode_memnet", "encode_sequence",
 ]
 
-LAYOUTS = ("en", "en-10k")
+LAYOUTS = BABI_LAYOUTS
 PAD, UNK, SEP, QUERY, ANSWER = "<pad>", "<unk>", "<sep>", "<query>", "<answer>"
 SPECIALS = (PAD, UNK, SEP, QUERY, ANSWER)
 _TOKEN = re.compile(r"[A-Za-z0-9']+")
@@ -64,30 +66,6 @@ class BabiStory:
 
     statements: Tuple[Tuple[int, Words], ...]
     questions: Tuple[BabiQuestion, ...]
-
-
-def babi_root(path: Union[str, os.PathLike, None] = None) -> Path:
-    """``path`` if given, else ``$CLMEM_DATA/babi`` (``data/babi`` when ``CLMEM_DATA`` is unset)."""
-    if path is not None:
-        return Path(path).expanduser()
-    return Path(os.environ.get("CLMEM_DATA", "data")).expanduser() / "babi"
-
-
-def babi_file(task: int, split: str, root: Union[str, os.PathLike, None] = None, layout: str = "en") -> Path:
-    """The file of ``task`` (1–20) and ``split`` (train/test); a missing file raises a one-line
-    ``FileNotFoundError`` naming the expected path."""
-    if split not in ("train", "test"):
-        raise ValueError(f"bAbI split: expected 'train' or 'test', got {split!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"bAbI layout: expected one of {LAYOUTS}, got {layout!r}")
-    if isinstance(task, bool) or not isinstance(task, int) or not 1 <= task <= 20:
-        raise ValueError(f"bAbI task: expected an int in [1, 20], got {task!r}")
-    folder = babi_root(root) / layout
-    found = sorted(folder.glob(f"qa{task}_*_{split}.txt")) if folder.is_dir() else []
-    if not found:
-        raise FileNotFoundError(f"bAbI task {task} ({split}) not found: expected {folder}/qa{task}_*_{split}.txt "
-                                f"(pass the bAbI root or set CLMEM_DATA to a folder holding babi/{layout}/)")
-    return found[0]
 
 
 def _malformed(file: str, number: int, expected: str, line: str) -> ValueError:

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clmem.benchmarks import BENCHMARKS, PREFLIGHT, Stream
+from clmem.benchmarks import BENCHMARKS, Stream
+from clmem.datafiles import check_omniglot, default_omniglot_root, read_character_index
+from clmem.datafiles import require_file as _require
 from clmem.options import Opt
 
 from .stream_metrics import _MetricValue, _PerExperienceMean, _Plugin, _logits
@@ -44,19 +46,8 @@ INSTANCES = (1, 2, 3, 4, 5, 10)
 
 
 # ------------------------------------------------------------------------------------------ loading
-def default_omniglot_root() -> Path:
-    """``$CLMEM_DATA/omniglot``, else ``shared/data/omniglot`` beside the checkout."""
-    return Path(os.environ.get("CLMEM_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "omniglot"
-
-
 def default_omniglot_path() -> Path:
     return default_omniglot_root() / DEFAULT_FILE
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"Omniglot file not found: {path} ({what})")
-    return path
 
 
 def read_npz_rows(path: str | os.PathLike, rows, key: str = "images") -> np.ndarray:
@@ -99,17 +90,6 @@ def load_omniglot(path: str | os.PathLike | None = None, size: int = 20, rows=No
     if rows is None:
         return _downsample(np.load(path)["images"], size)
     return _downsample(read_npz_rows(path, rows), size)
-
-
-def read_character_index(root: str | os.PathLike) -> list[tuple[str, str, str, int]]:
-    """``character_index.tsv`` rows as ``(npz, alphabet, character, npz_row)``, in file order."""
-    index = _require(Path(root) / "character_index.tsv", "expected the Omniglot folder with character_index.tsv")
-    out = []
-    for line in index.read_text().splitlines()[1:]:
-        if line.strip():
-            _, npz, alphabet, character, row = line.split("\t")
-            out.append((npz, alphabet, character, int(row)))
-    return out
 
 
 def load_omniglot_split(root: str | os.PathLike, split: str, size: int = 20) -> Tensor:
@@ -376,7 +356,7 @@ _EPISODE_OPTS = {
                      "Omniglot few-shot episodes (MANN layout), one experience per group of alphabets; "
                      "per-step accuracy and accuracy by instance", kind="episodes",
                      tiny={"n_experiences": 2, "alphabets": 2, "n_way": 2, "shots": 2, "image_size": 4,
-                           "train_episodes": 4, "test_episodes": 2})
+                           "train_episodes": 4, "test_episodes": 2}, preflight=check_omniglot)
 def omniglot_episodes(seed: int, n_experiences: int = 2, alphabets: int = 30, order: str = "given", n_way: int = 5,
                       shots: int = 10, image_size: int = 20, rotate: bool = True, test_fraction: float = 0.25,
                       train_episodes: int = 64, test_episodes: int = 32, data_root: str | None = None) -> Stream:
@@ -393,11 +373,3 @@ def omniglot_episodes(seed: int, n_experiences: int = 2, alphabets: int = 30, or
                   criterion=EpisodeCrossEntropy, report=report_episodes)
 
 
-def _check_omniglot_files(section: dict) -> None:
-    """Driver-side check before a grid starts: the background npz and the character index exist."""
-    root = Path(section.get("data_root") or default_omniglot_root())
-    read_character_index(root)
-    _require(root / DEFAULT_FILE, "expected images_background.npz; set benchmark.data_root or CLMEM_DATA")
-
-
-PREFLIGHT["omniglot_episodes"] = _check_omniglot_files

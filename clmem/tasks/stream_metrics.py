@@ -176,18 +176,19 @@ class BabiTaskErrors(_Plugin):
 
 _REPORT_KEYS = {"BitsPerSeq_Exp": "bits_per_seq_exp_{}", "SeqError_Exp": "seq_error_exp_{}", "Error_Exp": "error_exp_{}"}
 _EXP_NAME = re.compile(r"^(BitsPerSeq_Exp|SeqError_Exp|Error_Exp)/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
-_BABI_NAME = re.compile(r"^Babi(Error_qa\d+|MeanError|FailedTasks)/eval_phase/test_stream$")
+_BABI_NAME = re.compile(r"^Babi(Error_qa\d+|MeanError|FailedTasks)/eval_phase/(test|valid)_stream$")
 _BABI_KEYS = {"MeanError": "babi_mean_error", "FailedTasks": "babi_failed_tasks"}
 
 
 def report_metrics(results: dict) -> dict[str, float]:
     """The streams' metrics in Avalanche eval ``results`` as flat MLflow-safe keys: ``bits_per_seq_exp_<j>``,
     ``seq_error_exp_<j>``, ``error_exp_<j>`` (test experience ``j``), ``babi_error_qa<N>``, ``babi_mean_error``
-    and ``babi_failed_tasks`` (tasks above 5% error)."""
+    and ``babi_failed_tasks`` (tasks above 5% error); the validation stream's as ``babi_valid_...``."""
     out: dict[str, float] = {}
     for key, value in results.items():
         if (m := _EXP_NAME.match(key)):
             out[_REPORT_KEYS[m.group(1)].format(int(m.group(2)))] = float(value)
         elif (m := _BABI_NAME.match(key)):
-            out[_BABI_KEYS.get(m.group(1), "babi_" + m.group(1).lower())] = float(value)
+            name = _BABI_KEYS.get(m.group(1), "babi_" + m.group(1).lower())
+            out[name if m.group(2) == "test" else name.replace("babi_", "babi_valid_", 1)] = float(value)
     return out

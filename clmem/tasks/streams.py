@@ -10,7 +10,10 @@
   bAbI streams are scored by **error** (``metric="error"`` = 1 − accuracy, lower is better, prefix
   ``Error_Exp``, :class:`AnswerError`); :class:`BabiTaskErrors` adds, per evaluation of the test stream, each
   bAbI task's error (``BabiError_qa<N>/eval_phase/test_stream``), their mean (``BabiMeanError/...``) and the
-  number of failed tasks, error > 5% (``BabiFailedTasks/eval_phase/test_stream``).
+  number of failed tasks, error > 5% (``BabiFailedTasks/eval_phase/test_stream``). ``validation_fraction``
+  holds out the last fraction of each task's training questions (whole stories) as a ``valid_stream`` (scored
+  the same way, ``.../valid_stream``) for early stopping; ``layout: en-10k`` with ``train_questions: null`` reads
+  all 10,000 training questions of a task.
 
 Layout (every sample of a stream has the same shapes, so experiences and replay buffers concatenate):
 
@@ -41,7 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clmem.benchmarks import BENCHMARKS, PREFLIGHT, Stream
+from clmem.benchmarks import BENCHMARKS, Stream
+from clmem.datafiles import check_babi, parse_groups  # noqa: F401 (parse_groups: re-exported)
+from clmem.datafiles import split_list as _split
 from clmem.learners.readout import AnswerStep
 from clmem.options import Opt
 
@@ -58,7 +63,7 @@ __all__ = [
     "IGNORE", "FAIL_THRESHOLD", "ALGORITHMIC_TASKS", "SequenceDataset", "MaskedBitLoss", "masked_bit_loss",
     "answer_cross_entropy", "AnswerCrossEntropy", "wrong_bits", "BitsPerSequence", "SequenceError",
     "AnswerError", "BabiTaskErrors", "report_metrics", "parse_groups", "algorithmic_experiences", "babi_experiences",
-    "continual_algorithmic", "continual_babi", "babi_joint",
+    "continual_algorithmic", "continual_babi", "babi_joint", "babi_splits", "split_validation",
 ]
 
 ALGORITHMIC_TASKS = tuple(_TASK_CLASSES)  # copy, repeat_copy, associative_recall, priority_sort
@@ -90,7 +95,8 @@ class SequenceDataset(Dataset):
         return x, self.y[index], self.info[index]
 
 
-def _avalanche_benchmark(train: Sequence[SequenceDataset], test: Sequence[SequenceDataset]):
+def _avalanche_benchmark(train: Sequence[SequenceDataset], test: Sequence[SequenceDataset],
+                         valid: Sequence[SequenceDataset] | None = None):
     from avalanche.benchmarks import benchmark_from_datasets
     # exported by Avalanche (in the module's __all__); unlike as_taskaware_classification_dataset it attaches
     # the task label that the strategies read as mbatch[-1]
@@ -99,36 +105,17 @@ def _avalanche_benchmark(train: Sequence[SequenceDataset], test: Sequence[Sequen
     def as_cls(dataset, task_labels):
         return _make_taskaware_classification_dataset(dataset, task_labels=task_labels)
 
-    return benchmark_from_datasets(train=[as_cls(d, task_labels=0) for d in train],
-                                   test=[as_cls(d, task_labels=0) for d in test])
+    streams = {"train": train, "test": test, **({"valid": valid} if valid else {})}
+    return benchmark_from_datasets(**{name: [as_cls(d, task_labels=0) for d in datasets]
+                                      for name, datasets in streams.items()})
 
 
 # ------------------------------------------------------------------------------------------ orders
-def _split(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ValueError(f"{what}: expected a comma-separated list, got {text!r}")
-    return items
-
-
 def _ordered(items: list, order: str, seed: int) -> list:
     if order == "random":
         perm = np.random.default_rng(seed).permutation(len(items))
         return [items[i] for i in perm]
     return list(items)
-
-
-def parse_groups(tasks: str, groups: str | None) -> list[list[int]]:
-    """Experiences as lists of bAbI task numbers: ``groups`` ``"1,2;6;7,15"`` (``;`` between experiences), or
-    one experience per task of ``tasks`` ``"1,2,6"``."""
-    if groups:
-        out = [[int(t) for t in _split(g, "benchmark.groups")] for g in str(groups).split(";") if g.strip()]
-    else:
-        out = [[int(t)] for t in _split(tasks, "benchmark.tasks")]
-    flat = [t for g in out for t in g]
-    if not out or len(set(flat)) != len(flat) or any(not 1 <= t <= 20 for t in flat):
-        raise ValueError(f"benchmark.groups: expected distinct bAbI tasks in 1..20, got {groups or tasks!r}")
-    return out
 
 
 # ------------------------------------------------------------------------------------- algorithmic
@@ -253,9 +240,38 @@ def _generated_root(cache_dir: str | None, num_train: int, num_test: int) -> Pat
     return root
 
 
+def _story_cut(questions: list, fraction: float) -> int:
+    """Index where the last ``fraction`` of ``questions`` starts, moved forward to the next story's first question
+    (a question whose line id is not above its predecessor's), so no story is split between the two parts."""
+    cut = len(questions) - int(np.ceil(fraction * len(questions)))
+    while 0 < cut < len(questions) and questions[cut].line_id > questions[cut - 1].line_id:
+        cut += 1
+    return cut
+
+
+def split_validation(questions: dict, fraction: float) -> dict:
+    """``{"train": {task: qs}, ...}`` -> the same with ``"valid"`` added: the last ``fraction`` of each task's
+    training questions (whole stories, see :func:`_story_cut`), taken out of ``"train"``. ``fraction`` 0: unchanged."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"benchmark.validation_fraction: expected a float in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return questions
+    train, valid = {}, {}
+    for task, qs in questions["train"].items():
+        cut = _story_cut(qs, fraction)
+        if cut == 0 or cut == len(qs):
+            raise ValueError(f"benchmark.validation_fraction: {fraction} of task {task}'s {len(qs)} training "
+                             f"questions leaves an empty split (whole stories); expected more questions")
+        train[task], valid[task] = qs[:cut], qs[cut:]
+    return {**questions, "train": train, "valid": valid}
+
+
 def _babi_questions(tasks: list[int], data_root: str | None, layout: str, cache_dir: str | None,
-                    train_questions: int, test_questions: int) -> dict:
+                    train_questions: int | None, test_questions: int | None) -> dict:
     if data_root is None:
+        if train_questions is None or test_questions is None:
+            raise ValueError("benchmark.train_questions: expected an int for generated bAbI (null, all questions, "
+                             "needs data_root)")
         missing = [t for t in tasks if t not in GENERATED_TASKS]
         if missing:
             raise ValueError(f"benchmark.tasks: task {missing[0]} has no offline generator (generated: "
@@ -324,25 +340,36 @@ _BABI_OPTS = {
     "encoding": Opt(str, "memnet", choices=("memnet", "sequence"),
                     help="memnet: for the memn2n model; sequence: one-hot word stream for sequence learners"),
     "max_memory": Opt(int, 20, min=1, help="most recent story sentences kept"),
-    "train_questions": Opt(int, 1000, min=1, help="training questions per task"),
-    "test_questions": Opt(int, 1000, min=1, help="test questions per task"),
+    "train_questions": Opt(int, 1000, min=1, nullable=True,
+                           help="training questions per task, the first ones of the file (null: all, e.g. en-10k)"),
+    "test_questions": Opt(int, 1000, min=1, nullable=True, help="test questions per task (null: all)"),
+    "validation_fraction": Opt(float, 0.0, min=0.0, max=0.9,
+                               help="last fraction of each task's training questions (whole stories) held out "
+                                    "as valid_stream, e.g. for early stopping; 0: none"),
 }
 
 
-def _babi_stream(seed: int, experiences: list[list[int]], data_root, layout, cache_dir, encoding, max_memory,
-                 train_questions, test_questions) -> Stream:
+def babi_splits(experiences: list[list[int]], data_root, layout, cache_dir, encoding, max_memory, train_questions,
+                test_questions, validation_fraction: float = 0.0) -> tuple:
+    """``({"train"|"test"[|"valid"]: [SequenceDataset per experience]}, input_shape, vocabulary size)`` of a bAbI
+    stream (the datasets its Avalanche benchmark wraps; scripts may train on them directly)."""
     tasks = [t for g in experiences for t in g]
     questions = _babi_questions(tasks, data_root, layout, cache_dir, train_questions, test_questions)
-    data, shape, vocab_size = babi_experiences(experiences, questions, encoding, max_memory)
-    bench = _avalanche_benchmark(data["train"], data["test"])
+    return babi_experiences(experiences, split_validation(questions, validation_fraction), encoding, max_memory)
+
+
+def _babi_stream(seed: int, experiences: list[list[int]], data_root, layout, cache_dir, encoding, max_memory,
+                 train_questions, test_questions, validation_fraction: float = 0.0) -> Stream:
+    data, shape, vocab_size = babi_splits(experiences, data_root, layout, cache_dir, encoding, max_memory,
+                                          train_questions, test_questions, validation_fraction)
+    bench = _avalanche_benchmark(data["train"], data["test"], data.get("valid"))
     return Stream(bench, shape, vocab_size, metric="error", higher_is_better=False, metric_prefix="Error_Exp",
                   eval_metrics=lambda: [AnswerError(), BabiTaskErrors()], criterion=AnswerCrossEntropy,
                   report=report_metrics, model_adapter=AnswerStep if encoding == "sequence" else None)
 
 
-def babi_kind(options: dict) -> str:
-    """Stream kind of a bAbI benchmark section: ``qa_memnet`` or ``qa_sequence`` (by its ``encoding``)."""
-    return f"qa_{options.get('encoding', 'memnet')}"
+#: Stream kind of a bAbI benchmark section, by its ``encoding`` (see :func:`clmem.compat.stream_kind`).
+BABI_KIND = {"by": "encoding", "default": "memnet", "values": {"memnet": "qa_memnet", "sequence": "qa_sequence"}}
 
 
 _TINY_BABI = {"tasks": "1,6", "train_questions": 8, "test_questions": 4, "max_memory": 2}
@@ -350,38 +377,28 @@ _TINY_BABI = {"tasks": "1,6", "train_questions": 8, "test_questions": 4, "max_me
 
 @BENCHMARKS.register("continual_babi", _BABI_OPTS,
                      "bAbI tasks one experience per task (or group of tasks); error = 1 - accuracy",
-                     kind=babi_kind, tiny=_TINY_BABI)
+                     kind=BABI_KIND, tiny=_TINY_BABI, preflight=check_babi)
 def continual_babi(seed: int, tasks: str = _BABI_OPTS["tasks"].default, groups: str | None = None,
                    order: str = "given", data_root: str | None = None, layout: str = "en",
                    cache_dir: str | None = None, encoding: str = "memnet", max_memory: int = 20,
-                   train_questions: int = 1000, test_questions: int = 1000) -> Stream:
+                   train_questions: int | None = 1000, test_questions: int | None = 1000,
+                   validation_fraction: float = 0.0) -> Stream:
     experiences = _ordered(parse_groups(tasks, groups), order, seed)
     return _babi_stream(seed, experiences, data_root, layout, cache_dir, encoding, max_memory,
-                        train_questions, test_questions)
+                        train_questions, test_questions, validation_fraction)
 
 
 _JOINT_OPTS = {k: v for k, v in _BABI_OPTS.items() if k not in ("groups", "order")}
 
 
 @BENCHMARKS.register("babi_joint", _JOINT_OPTS, "every bAbI task in one experience (joint training)",
-                     kind=babi_kind)
+                     kind=BABI_KIND, preflight=check_babi)
 def babi_joint(seed: int, tasks: str = _BABI_OPTS["tasks"].default, data_root: str | None = None,
                layout: str = "en", cache_dir: str | None = None, encoding: str = "memnet", max_memory: int = 20,
-               train_questions: int = 1000, test_questions: int = 1000) -> Stream:
+               train_questions: int | None = 1000, test_questions: int | None = 1000,
+               validation_fraction: float = 0.0) -> Stream:
     experiences = [[t for g in parse_groups(tasks, None) for t in g]]
     return _babi_stream(seed, experiences, data_root, layout, cache_dir, encoding, max_memory,
-                        train_questions, test_questions)
+                        train_questions, test_questions, validation_fraction)
 
 
-def _check_babi_files(section: dict) -> None:
-    """Driver-side check before a grid starts: every requested task's files exist under data_root."""
-    if section.get("data_root") is None:
-        return  # generated offline
-    for group in parse_groups(section.get("tasks", _BABI_OPTS["tasks"].default), section.get("groups")):
-        for task in group:
-            for split in ("train", "test"):
-                babi_file(task, split, section["data_root"], section.get("layout", "en"))
-
-
-PREFLIGHT["continual_babi"] = _check_babi_files
-PREFLIGHT["babi_joint"] = _check_babi_files

@@ -340,3 +340,24 @@ def test_sharpen_and_allocation_finite_gradients_at_zero():
     (addr.sharpen(weights, gamma).sum() + addr.allocation_weights(usage).pow(2).sum()).backward()
     for x in (weights, gamma, usage):
         assert torch.isfinite(x.grad).all()
+
+
+def test_sharpen_keeps_the_mass_of_spread_weights_at_large_gamma():
+    # on w~ itself sum(w~^gamma) = 0.5^20 + 0.3^20 + 0.2^20 = 9.5e-7, comparable to eps: the old formula kept 49%
+    spread = torch.zeros(1, 1, 128, dtype=torch.float32)
+    spread[..., :3] = torch.tensor([0.5, 0.3, 0.2])
+    out = addr.sharpen(spread, torch.tensor([[20.0]]))
+    ratio = (0.3 / 0.5) ** 20  # 3.66e-5: w(1) / w(0)
+    expected = torch.zeros(1, 1, 128)
+    expected[..., :3] = torch.tensor([1.0, ratio, (0.2 / 0.5) ** 20]) / (1 + ratio + (0.2 / 0.5) ** 20)
+    assert torch.allclose(out, expected, atol=1e-7) and abs(float(out.sum()) - 1.0) < 2e-6  # eps / (1 + eps)
+    uniform = addr.sharpen(torch.full((1, 1, 128), 1 / 128), torch.tensor([[10.0]]))  # old: mass 1e-13
+    assert torch.allclose(uniform, torch.full((1, 1, 128), 1 / 128), atol=1e-7)
+    assert torch.equal(addr.sharpen(torch.zeros(1, 1, 4), torch.tensor([[3.0]])), torch.zeros(1, 1, 4))
+
+
+def test_sharpen_gradcheck_float64():
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(2, 3, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    gamma = (1 + 4 * torch.rand(2, 3, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w, g: addr.sharpen(w, g, eps=0.0), (weights, gamma))

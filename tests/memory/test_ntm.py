@@ -1,9 +1,13 @@
-"""NTM memory: config validation, interface parsing, hand-computed steps, batching, gradcheck."""
+"""NTM memory: config validation, interface parsing, hand-computed steps, initial-state schemes, gradcheck."""
+
+import math
 
 import pytest
 import torch
+from torch.func import functional_call
 
-from clmem.memory import NTMHeadParams, NTMInterface, NTMMemory, NTMMemoryConfig, NTMState
+from clmem.memory import NTMCore, NTMCoreConfig, NTMHeadParams, NTMInterface, NTMMemory, NTMMemoryConfig, NTMState
+from clmem.models import build_model
 
 F64 = torch.float64
 N, W, R, H = 5, 3, 4, 2
@@ -104,3 +108,104 @@ def test_initial_state_focuses_heads_on_slot_zero_so_shifts_can_address_slots():
     expected = torch.zeros(1, R, N, dtype=F64)
     expected[..., 1] = 1.0  # focus moved from slot 0 to slot 1
     assert torch.allclose(state.read_weights, expected, atol=1e-9)
+
+
+# ------------------------------------------------------------------ initial state: memory_init / weight_init
+
+@pytest.mark.parametrize("field", ["memory_init", "weight_init"])
+def test_init_choices_are_validated_with_one_line(field):
+    for owner, make in (("NTMMemoryConfig", lambda **kw: NTMMemoryConfig(memory_size=4, word_size=3, num_reads=1, **kw)),
+                        ("NTMCoreConfig", lambda **kw: NTMCoreConfig(input_size=2, output_size=2, **kw))):
+        with pytest.raises(ValueError) as info:
+            make(**{field: "zeros"})
+        assert str(info.value).startswith(f"{owner}.{field}: expected one of") and "'zeros'" in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_constant_init_is_parameter_free_1e6_memory_and_onehot_weights():
+    memory = make_memory(memory_init="constant", weight_init="onehot")
+    assert list(memory.parameters()) == [] and list(memory.buffers()) == []
+    state = memory.initial_state(3, dtype=F64)
+    assert torch.equal(state.memory, torch.full((3, N, W), 1e-6, dtype=F64))
+    onehot = torch.tensor([1.0, 0, 0, 0, 0], dtype=F64)
+    assert torch.equal(state.read_weights, onehot.expand(3, R, N)) and torch.equal(state.write_weights, onehot.expand(3, H, N))
+
+
+def test_learned_memory_is_tanh_of_its_bias_and_starts_glorot_uniform():
+    torch.manual_seed(0)
+    memory = make_memory(memory_init="learned")
+    bound = math.sqrt(6.0 / (1 + N * W))  # Glorot bound of a 1 -> N*W dense layer: 0.6124
+    assert memory.memory_bias.shape == (N, W) and float(memory.memory_bias.detach().abs().max()) <= bound
+    with torch.no_grad():
+        memory.memory_bias.copy_(torch.tensor([0.0, 1.0, -2.0]).expand(N, W))
+    state = memory.initial_state(2, dtype=F64)
+    row = torch.tensor([0.0, 0.7615941559557649, -0.9640275800758169], dtype=F64)  # tanh(0), tanh(1), tanh(-2)
+    assert torch.allclose(state.memory, row.expand(2, N, W), atol=1e-7)
+    assert state.memory.dtype == F64 and float(state.read_weights[..., 0].min()) == 1.0  # weights still one-hot
+
+
+def test_random_memory_is_a_fixed_tanh_of_gaussian_noise_not_trained():
+    torch.manual_seed(0)
+    memory = make_memory(memory_init="random")
+    assert list(memory.parameters()) == [] and "memory_noise" in memory.state_dict()
+    first = memory.initial_state(1).memory
+    assert torch.equal(first, memory.initial_state(1).memory)  # the same memory for every sequence
+    with torch.no_grad():
+        memory.memory_noise.copy_(torch.tensor([0.5, -0.5, 0.0]).expand(N, W))
+    row = torch.tensor([0.46211715726000974, -0.46211715726000974, 0.0], dtype=F64)  # tanh(+-0.5), tanh(0)
+    assert torch.allclose(memory.initial_state(2, dtype=F64).memory, row.expand(2, N, W), atol=1e-7)
+
+
+def test_learned_weights_are_a_softmax_of_logits_read_heads_first():
+    memory = make_memory(weight_init="learned")
+    assert memory.weight_logits.shape == (R + H, N)
+    logits = torch.zeros(R + H, N)
+    logits[:R, 1] = math.log(2.0)  # read heads: exp = [1, 2, 1, 1, 1] / 6
+    logits[R:, 4] = math.log(5.0)  # write heads: [1, 1, 1, 1, 5] / 9
+    with torch.no_grad():
+        memory.weight_logits.copy_(logits)
+    state = memory.initial_state(2, dtype=F64)
+    read = torch.tensor([1, 2, 1, 1, 1], dtype=F64) / 6
+    write = torch.tensor([1, 1, 1, 1, 5], dtype=F64) / 9
+    assert torch.allclose(state.read_weights, read.expand(2, R, N), atol=1e-7)
+    assert torch.allclose(state.write_weights, write.expand(2, H, N), atol=1e-7)
+    assert torch.equal(state.memory, torch.full((2, N, W), 1e-6, dtype=F64))
+
+
+class _FirstStep(torch.nn.Module):
+    """``memory.initial_state`` then one step on a fixed interface vector: the read words ``[B, R, W]``."""
+
+    def __init__(self, memory):
+        super().__init__()
+        self.memory = memory
+
+    def forward(self, vector):
+        state = self.memory.initial_state(vector.shape[0], dtype=vector.dtype)
+        return self.memory.step(self.memory.parse_interface(vector), state)[0]
+
+
+def test_learned_init_gets_gradients_and_gradchecks_in_float64():
+    torch.manual_seed(1)
+    memory = make_memory(memory_init="learned", weight_init="learned").double()
+    vector = random_vector(memory, 2, seed=3)
+    model = _FirstStep(memory)
+    model(vector).pow(2).sum().backward()
+    for p in (memory.memory_bias, memory.weight_logits):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and float(p.grad.abs().max()) > 0
+
+    def read(bias, logits):
+        return functional_call(model, {"memory.memory_bias": bias, "memory.weight_logits": logits}, (vector,))
+
+    bias = memory.memory_bias.detach().clone().requires_grad_()
+    logits = memory.weight_logits.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(read, (bias, logits), eps=1e-6, atol=1e-5)
+
+
+def test_core_and_registry_pass_the_init_options_to_the_memory():
+    core = NTMCore(input_size=3, output_size=2, hidden_size=4, memory_size=N, word_size=W,
+                   memory_init="learned", weight_init="learned")
+    names = {n for n, _ in core.named_parameters()}
+    assert {"memory.memory_bias", "memory.weight_logits"} <= names
+    learner = build_model("ntm", (4, 3), 2, memory_init="random", hidden_size=4, memory_size=N, word_size=W)
+    assert learner.core.config.memory_init == "random" and "core.memory.memory_noise" in learner.state_dict()
+    assert build_model("ntm", (4, 3), 2).core.config.memory_init == "constant"
