@@ -29,7 +29,8 @@ from clmem.registries import BENCHMARKS, MODELS, STRATEGIES
 STREAM_KINDS: dict[str, str] = {
     "image": "images or flat vectors, one class id per sample",
     "bits": "bit sequences x [T, D] with per-step float bit targets (bits per sequence)",
-    "qa_sequence": "bAbI as a one-hot word sequence x [T, V], the answer id as target",
+    "qa_sequence": "a one-hot sequence x [T, V] answered at its last step, the answer id as target (bAbI words, "
+                   "knowledge-graph, temporal and logic streams)",
     "qa_memnet": "bAbI in the memory-network layout x [M + 1, S] of word ids, the answer id as target",
     "episodes": "few-shot episodes x [T, D + n_way] with per-step labels y [T]",
 }
