@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
 
 import yaml
-from _grid import RESULTS, ROOT, merge
+from _grid import RESULTS, ROOT, grid_runs, merge
 
 FILES = ("copy", "associative", "continual", "logical", "temporal", "knowledge")
 #: Per file: the experience whose own figure is reported (copy, associative recall) and what the figure is.
@@ -51,24 +49,7 @@ Notes:
 def _runs(raw: dict, max_concurrent: int | None) -> list[dict]:
     """Run the experiment ``raw`` on local Ray; per trial its params, final metrics and R / sequence-error
     matrices rebuilt from the per-experience metric histories (row ``i`` = after training experience ``i``)."""
-    from clmem.config import Experiment
-    from clmem.grid import run_grid
-    from clmem.tracking import Tracker
-
-    experiment = Experiment.from_dict(raw)
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
-            parent, failed = run_grid(experiment, tracker, progress=lambda line: print(line, flush=True),
-                                      max_concurrent=max_concurrent)
-            runs = [_read(tracker.client, r) for r in tracker.children(tracker.client.get_run(parent))]
-        finally:
-            os.chdir(cwd)
-    if failed:
-        raise SystemExit(f"{failed} trial(s) failed")
-    return runs
+    return grid_runs(raw, _read, max_concurrent)
 
 
 def _matrix(client, run, prefix: str) -> list[list[float]]:

@@ -58,10 +58,12 @@ class Controller(nn.Module):
     def __init__(self, input_size: int, hidden_size: int = 64, kind: str = "lstm") -> None:
         super().__init__()
         self.config = ControllerConfig(input_size=input_size, hidden_size=hidden_size, kind=kind)
-        if kind == "lstm":
-            self.cell: nn.Module = nn.LSTMCell(input_size, hidden_size)
-        else:
-            self.cell = nn.Linear(input_size, hidden_size)
+        self.cell: nn.Module = self._make_cell(input_size, hidden_size, kind)
+
+    @staticmethod
+    def _make_cell(input_size: int, hidden_size: int, kind: str) -> nn.Module:
+        """The cell ``forward`` steps: ``cell(x, (h, c)) -> (h, c)`` for the LSTM, ``cell(x)`` otherwise."""
+        return nn.LSTMCell(input_size, hidden_size) if kind == "lstm" else nn.Linear(input_size, hidden_size)
 
     @property
     def output_size(self) -> int:

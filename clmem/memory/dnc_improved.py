@@ -20,14 +20,13 @@ torch path (tested).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ._content import ContentWeights
-from ._validation import check_choice, check_int
-from .controller import CONTROLLER_KINDS, ControllerConfig, ControllerState
+from .controller import Controller
 
 EPSILON = 1e-6
 
@@ -115,45 +114,12 @@ class LayerNormLSTMCell(nn.Module):
         return torch.sigmoid(o) * torch.tanh(self.norm_cell(cell)), cell
 
 
-class LayerNormController(nn.Module):
+class LayerNormController(Controller):
     """``Controller`` with layer normalisation: the LSTM is a :class:`LayerNormLSTMCell`, the feed-forward kind
     ``tanh(LN(Linear(x)))``. Same API as ``Controller`` (explicit ``ControllerState``)."""
 
-    def __init__(self, input_size: int, hidden_size: int = 64, kind: str = "lstm") -> None:
-        super().__init__()
-        check_int("LayerNormController", "input_size", input_size, 1)
-        check_choice("LayerNormController", "kind", kind, CONTROLLER_KINDS)
-        self.config = ControllerConfig(input_size=input_size, hidden_size=hidden_size, kind=kind)
-        if kind == "lstm":
-            self.cell: nn.Module = LayerNormLSTMCell(input_size, hidden_size)
-        else:
-            self.cell = nn.Sequential(nn.Linear(input_size, hidden_size), nn.LayerNorm(hidden_size))
-
-    @property
-    def output_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def state_size(self) -> int:
-        return self.config.hidden_size if self.config.kind == "lstm" else 0
-
-    def initial_state(self, batch_size: int, device: Optional[torch.device] = None,
-                      dtype: Optional[torch.dtype] = None) -> ControllerState:
-        """Zero state ``ControllerState(hidden [B, S], cell [B, S])``, ``S = state_size``."""
-        check_int("LayerNormController.initial_state", "batch_size", batch_size, 1)
-        dtype = dtype if dtype is not None else next(self.parameters()).dtype
-        zeros = torch.zeros(batch_size, self.state_size, device=device, dtype=dtype)
-        return ControllerState(hidden=zeros, cell=zeros.clone())
-
-    def forward(self, inputs: Tensor, prev_state: ControllerState) -> Tuple[Tensor, ControllerState]:
-        """One step: ``inputs [B, input_size]`` -> ``(output [B, hidden_size], next_state)``."""
-        if self.config.kind == "lstm":
-            hidden, cell = self.cell(inputs, (prev_state.hidden, prev_state.cell))
-            return hidden, ControllerState(hidden=hidden, cell=cell)
-        return torch.tanh(self.cell(inputs)), prev_state
-
-    step = forward
-
     @staticmethod
-    def detach_state(state: ControllerState) -> ControllerState:
-        return ControllerState(hidden=state.hidden.detach(), cell=state.cell.detach())
+    def _make_cell(input_size: int, hidden_size: int, kind: str) -> nn.Module:
+        if kind == "lstm":
+            return LayerNormLSTMCell(input_size, hidden_size)
+        return nn.Sequential(nn.Linear(input_size, hidden_size), nn.LayerNorm(hidden_size))
