@@ -15,9 +15,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from _readme import replace_block
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-START, END = "<!-- matrix:start -->", "<!-- matrix:end -->"
 
 
 def _short(detail: str) -> str:
@@ -54,33 +55,42 @@ def render(cells) -> str:
     return "\n".join(lines)
 
 
+def further(pairs: dict) -> str:
+    """One line per further benchmark of a kind already in the table (pairwise coverage, see
+    :func:`clmem.matrix.run_stream_pairs`)."""
+    lines = ["Further benchmarks of the same stream kinds, checked pairwise (every model that takes the kind under "
+             "the reference strategy, every strategy with the reference model):", ""]
+    for name, group in pairs.items():
+        counts = {s: sum(c.status == s for c in group) for s in ("trains", "refused", "crashed")}
+        lines.append(f"- `{name}` ({group[0].kind}): {counts['trains']} train, {counts['refused']} refused, "
+                     f"{counts['crashed']} crash")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's matrix block")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from clmem.matrix import run_matrix
+    from clmem.matrix import other_benchmarks, run_matrix, run_stream_pairs
 
     start = time.perf_counter()
     cells = list(run_matrix())
     seconds = time.perf_counter() - start
     table = render(cells)
-    crashed = [c for c in cells if c.status == "crashed"]
+    pairs = {section["name"]: list(run_stream_pairs(section)) for section in other_benchmarks()}
+    table += "\n" + further(pairs)
+    crashed = [c for c in cells + [c for group in pairs.values() for c in group] if c.status == "crashed"]
     counts = {s: sum(c.status == s for c in cells) for s in ("trains", "refused", "crashed")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "matrix.json").write_text(json.dumps(
-        {"seconds": seconds, "counts": counts, "cells": [c._asdict() for c in cells]}, indent=1))
+        {"seconds": seconds, "counts": counts, "cells": [c._asdict() for c in cells],
+         "further_benchmarks": {name: [c._asdict() for c in group] for name, group in pairs.items()}}, indent=1))
     summary = (f"{counts['trains']} pairs train, {counts['refused']} are refused by `clmem validate`, "
                f"{counts['crashed']} crash ({seconds:.0f} s for the whole matrix at tiny sizes).")
     (RESULTS / "matrix.md").write_text(summary + "\n\n" + table + "\n")
     if args.readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"README.md: expected the markers {START} and {END}")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{START}\n{summary}\n\n{table}\n{END}{tail}")
+        replace_block("matrix", f"{summary}\n\n{table}\n")
     print(summary)
     for c in crashed:
         print(f"CRASH {c.model} × {c.strategy} on {c.kind}: {c.detail}")

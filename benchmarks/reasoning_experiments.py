@@ -15,7 +15,7 @@ the design documents claim for their system, measured on clmem:
   (``R[j][j]``) hits@1 averaged over experiences.
 
 Usage: python benchmarks/reasoning_experiments.py [--files copy associative ...] [--budget-min 50]
-         [--train-samples N] [--epochs N] [--max-concurrent N] [--render]
+         [--train-samples N] [--epochs N] [--max-concurrent N] [--render] [--readme]
 Writes benchmarks/results/reasoning_experiments.{json,md} after every file.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 
 import yaml
 from _grid import RESULTS, ROOT, grid_runs, merge
+from _readme import replace_block
 
 FILES = ("copy", "associative", "continual", "logical", "temporal", "knowledge")
 #: Per file: the experience whose own figure is reported (copy, associative recall) and what the figure is.
@@ -207,10 +208,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override every file's train_epochs")
     parser.add_argument("--max-concurrent", type=int, default=None)
     parser.add_argument("--render", action="store_true", help="only re-write the Markdown from the JSON")
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite the README's per-file tables (block 'experiments') from the results")
     args = parser.parse_args()
     if args.render:
         results = json.loads((RESULTS / f"{OUT}.json").read_text())["files"]
-        return _write(results)
+        _write(results)
+        return _readme(results) if args.readme else None
     start, results = time.perf_counter(), {}
     for name in args.files:
         elapsed = (time.perf_counter() - start) / 60
@@ -225,6 +229,18 @@ def main() -> None:
                                  f"{(time.perf_counter() - t0) / 60:.1f} min")
         _write(results)
         print(render({name: results[name]}, claims(results)), flush=True)
+    if args.readme:
+        _readme(results)
+
+
+def _readme(results: dict) -> None:
+    """The README's block: one comparison table per experiment file (headings one level down)."""
+    lines = [f"Produced by `python benchmarks/reasoning_experiments.py --render --readme` from "
+             f"`benchmarks/results/{OUT}.json` (seed 0, one trial per row, 2 shared CPU cores; the claimed figures "
+             "and notes are in the results file).", ""]
+    for name, entry in results.items():
+        lines += ["#" + line if line.startswith("### ") else line for line in _file_md(name, entry)]
+    replace_block("experiments", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -43,25 +43,36 @@ def _declared(options: dict, tiny: dict) -> dict:
     return {k: v for k, v in tiny.items() if k in options}
 
 
-def kind_benchmarks() -> dict[str, dict]:
-    """One tiny benchmark section per stream kind (the first registered benchmark of that kind with a
-    ``tiny`` option set whose data is present; bAbI kinds from the same benchmark with each ``encoding``)."""
+def benchmark_sections() -> dict[str, list[dict]]:
+    """Every tiny benchmark section per stream kind, in registry order: each registered benchmark with a
+    ``tiny`` option set whose data is present (Omniglot joins when its files are), bAbI once per ``encoding``."""
     from clmem.datafiles import preflight
 
-    out: dict[str, dict] = {}
+    out: dict[str, list[dict]] = {}
     for entry in BENCHMARKS:
         tiny = entry.meta.get("tiny")
         if tiny is None:
             continue
-        try:  # a benchmark on real data joins when its files are present (Omniglot)
+        try:
             preflight({"name": entry.name, **tiny})
         except (OSError, ConfigError, ValueError):
             continue
         variants = [{}] if "encoding" not in entry.options else [{"encoding": e} for e in entry.options["encoding"].choices]
         for extra in variants:
             section = {"name": entry.name, **tiny, **extra}
-            out.setdefault(stream_kind(section), section)
+            out.setdefault(stream_kind(section), []).append(section)
     return out
+
+
+def kind_benchmarks() -> dict[str, dict]:
+    """The primary tiny benchmark of each stream kind (the first of :func:`benchmark_sections`): the full
+    model × strategy product runs on it."""
+    return {kind: sections[0] for kind, sections in benchmark_sections().items()}
+
+
+def other_benchmarks() -> list[dict]:
+    """The tiny sections that are not their kind's primary one (covered pairwise by :func:`run_stream_pairs`)."""
+    return [section for sections in benchmark_sections().values() for section in sections[1:]]
 
 
 def _experiment(model: str, strategy: str, benchmark: dict) -> dict:
@@ -103,33 +114,74 @@ def train_cell(trial: dict, stream) -> str:
     return f"{stream.metric} {rows[-1][0]:.3f}"
 
 
-def run_matrix(models=None, strategies=None) -> Iterator[Cell]:
-    """Every (model, strategy, kind) cell; ``models``/``strategies`` restrict the enumeration."""
+def _cell(model: str, strategy: str, section: dict, streams: dict) -> Cell:
+    """Validate the pair on ``section``; if accepted, train it (streams are built once per section)."""
     from clmem.config import Experiment
 
+    kind, start = stream_kind(section), time.perf_counter()
+    try:
+        trial = Experiment.from_dict(_experiment(model, strategy, section)).trials[0]
+    except ConfigError as err:
+        return Cell(model, strategy, kind, "refused", str(err), time.perf_counter() - start)
+    try:
+        key = repr(sorted(section.items()))
+        if key not in streams:
+            streams[key] = BENCHMARKS.get(section["name"]).builder(
+                0, **{k: v for k, v in trial["benchmark"].items() if k != "name"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            detail, status = train_cell(trial, streams[key]), "trains"
+    except Exception as err:  # noqa: BLE001 - a crash is what the matrix reports
+        detail, status = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", "crashed"
+    return Cell(model, strategy, kind, status, detail, time.perf_counter() - start)
+
+
+def run_matrix(models=None, strategies=None) -> Iterator[Cell]:
+    """Every (model, strategy, kind) cell on each kind's primary benchmark; ``models``/``strategies``
+    restrict the enumeration."""
     benches, streams = kind_benchmarks(), {}
     for model in models or MODELS.names():
         for kind in model_accepts(model):
             if kind not in benches:
                 continue  # no registered benchmark of this kind has a tiny setting
             for strategy in strategies or STRATEGIES.names():
-                start = time.perf_counter()
-                try:
-                    trial = Experiment.from_dict(_experiment(model, strategy, benches[kind])).trials[0]
-                except ConfigError as err:
-                    yield Cell(model, strategy, kind, "refused", str(err), time.perf_counter() - start)
-                    continue
-                try:
-                    if kind not in streams:
-                        section = benches[kind]
-                        streams[kind] = BENCHMARKS.get(section["name"]).builder(
-                            0, **{k: v for k, v in trial["benchmark"].items() if k != "name"})
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        detail, status = train_cell(trial, streams[kind]), "trains"
-                except Exception as err:  # noqa: BLE001 - a crash is what the matrix reports
-                    detail, status = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", "crashed"
-                yield Cell(model, strategy, kind, status, detail, time.perf_counter() - start)
+                yield _cell(model, strategy, benches[kind], streams)
 
 
-__all__ = ["Cell", "STREAM_KINDS", "TINY_MODEL", "TINY_STRATEGY", "kind_benchmarks", "run_matrix", "train_cell"]
+#: The pair a further benchmark of a kind is checked with: its reference model under every strategy and
+#: every model under its reference strategy (the first name of each tuple that is registered and fits).
+REFERENCE_MODELS = ("mlp", "lstm", "memn2n")
+REFERENCE_STRATEGIES = ("sequence", "naive")
+
+
+def _reference(names, preferred, fits) -> str:
+    return next((n for n in (*preferred, *names) if n in names and fits(n)), None)
+
+
+def run_stream_pairs(section: dict) -> Iterator[Cell]:
+    """Pairwise coverage of a non-primary benchmark: every model that accepts its kind under the reference
+    strategy, and every strategy with the reference model. A stream's own quirks (input width, answer
+    masks, sequence lengths) meet each model and each strategy once, at a fraction of the full product."""
+    from clmem.compat import check_pair
+
+    kind, streams = stream_kind(section), {}
+    models = [m for m in MODELS.names() if kind in model_accepts(m)]
+    ref_model = _reference(models, REFERENCE_MODELS, lambda m: True)
+
+    def fits(strategy: str) -> bool:
+        try:
+            check_pair({"benchmark": section, "model": {"name": ref_model}, "strategy": {"name": strategy}})
+        except ConfigError:
+            return False
+        return True
+
+    ref_strategy = _reference(STRATEGIES.names(), REFERENCE_STRATEGIES, fits)
+    for model in models:
+        yield _cell(model, ref_strategy, section, streams)
+    for strategy in STRATEGIES.names():
+        if strategy != ref_strategy:
+            yield _cell(ref_model, strategy, section, streams)
+
+
+__all__ = ["Cell", "STREAM_KINDS", "TINY_MODEL", "TINY_STRATEGY", "benchmark_sections", "kind_benchmarks",
+           "other_benchmarks", "run_matrix", "run_stream_pairs", "train_cell"]

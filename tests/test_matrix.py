@@ -6,7 +6,7 @@ import pytest
 from clmem.catalog import MODELS, STRATEGIES
 from clmem.compat import STREAM_KINDS, check_pair, model_accepts
 from clmem.config import Experiment
-from clmem.matrix import kind_benchmarks, run_matrix
+from clmem.matrix import kind_benchmarks, other_benchmarks, run_matrix, run_stream_pairs
 from clmem.options import ConfigError
 
 
@@ -20,6 +20,25 @@ def test_every_pair_of_this_model_trains_or_is_refused_before_running(model):
     assert not crashed, f"{model}: " + "; ".join(crashed)
     for cell in cells:
         if cell.status == "refused":  # one line naming the key and the reason
+            assert "\n" not in cell.detail and cell.detail.startswith(("model.name:", "strategy.name:"))
+
+
+def _section_id(section: dict) -> str:
+    return section["name"] + "".join(f"-{v}" for k, v in section.items() if k == "encoding")
+
+
+@pytest.mark.parametrize("section", other_benchmarks(), ids=_section_id)
+def test_every_further_benchmark_meets_each_model_and_each_strategy_once(section):
+    """Benchmarks beyond each kind's primary one: pairwise coverage (every fitting model under the reference
+    strategy, every strategy with the reference model), each cell trains or is refused in one line."""
+    cells = list(run_stream_pairs(section))
+    assert {c.strategy for c in cells} == set(STRATEGIES.names())
+    assert {c.model for c in cells} == {m for m in MODELS.names() if cells[0].kind in model_accepts(m)}
+    assert any(c.status == "trains" for c in cells)
+    crashed = [f"{c.model} × {c.strategy}: {c.detail}" for c in cells if c.status == "crashed"]
+    assert not crashed, f"{section['name']}: " + "; ".join(crashed)
+    for cell in cells:
+        if cell.status == "refused":
             assert "\n" not in cell.detail and cell.detail.startswith(("model.name:", "strategy.name:"))
 
 
