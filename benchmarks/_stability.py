@@ -8,7 +8,9 @@ maximum held-out bits and the maximum last-100 training mean over the extra wind
 ``max_last100_bits_after_any_step``; at the curve points: ``max_last100_bits_after``) (``stayed`` = that held-out
 maximum < 0.1), the pre-clipping gradient norm (max per curve point), and for the NTM the smallest head-weight mass
 ``min sum_n w`` on the held-out set (below 1: sharpening lost the head's focus). Per-seed learning curves go to
-the JSON; the files are rewritten after each run.
+the JSON; the files are rewritten after each run. ``--spike-factor k`` trains with the ``sequence`` strategy's
+gradient-spike guard (``strategies.sequence.GradSpikeGuard``: a gradient above k times the running average norm is
+scaled down to that bound, before the fixed ``--clip``); ``spikes_scaled`` counts the updates it scaled.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 
 import _harness as H
 from clmem.tasks.algorithmic import Curriculum, CurriculumConfig, make_task, masked_bce_loss
+from strategies.sequence import GradSpikeGuard
 
 TARGET_BITS, TARGET_BEFORE = 0.1, 8000
 
@@ -83,14 +86,16 @@ class _Tracker:
         return False
 
 
-def _train_step(model, opt, task, args, max_length: int):
-    """One update on a fresh batch: ``(per-sequence wrong bits, loss, gradient norm before clipping)``."""
+def _train_step(model, opt, task, args, max_length: int, guard: Optional[GradSpikeGuard] = None):
+    """One update on a fresh batch: ``(per-sequence wrong bits, loss, gradient norm before guard and clipping)``."""
     b = task.sample(args.batch, max_length=max_length)
     logits = model(b.inputs)
     loss = masked_bce_loss(logits, b.targets, b.mask)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    raw = guard(model.parameters())[0] if guard is not None else None
     grad = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip))
+    grad = grad if raw is None else raw
     opt.step()
     return _wrong_bits(logits.detach(), b.targets, b.mask).tolist(), loss.item(), grad
 
@@ -108,9 +113,10 @@ def train_one(make_model, kind: str, seed: int, args) -> Dict[str, object]:
                                       step=args.curriculum_step, threshold=args.curriculum_threshold,
                                       window=args.curriculum_window))
     tr, seen, t_train, next_eval, next_point = _Tracker(), 0, 0.0, 0, 0
+    guard = GradSpikeGuard(args.spike_factor, args.spike_decay) if args.spike_factor is not None else None
     while True:
         t0, current = time.perf_counter(), cur.current
-        errs, loss, grad = _train_step(model, opt, task, args, current)
+        errs, loss, grad = _train_step(model, opt, task, args, current, guard)
         t_train += time.perf_counter() - t0
         seen += len(errs)
         cur.update(float(np.mean(errs)))
@@ -134,7 +140,10 @@ def train_one(make_model, kind: str, seed: int, args) -> Dict[str, object]:
             break
     model.eval()
     tr.heldout.append({"sequences": seen, **heldout_score(model, batches)})
-    return _record(kind, seed, args, model, tr, seen, t_train)
+    record = _record(kind, seed, args, model, tr, seen, t_train)
+    if guard is not None:
+        record.update(spike_factor=guard.factor, spike_decay=guard.decay, spikes_scaled=guard.scaled)
+    return record
 
 
 def _record(kind, seed, args, model, tr: _Tracker, seen: int, t_train: float) -> Dict[str, object]:
@@ -162,8 +171,10 @@ def _record(kind, seed, args, model, tr: _Tracker, seen: int, t_train: float) ->
 def _group_key(r) -> str:
     c = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k in ("memory_init", "weight_init"))
     decay = r.get("lr_after_convergence", 1.0)
+    spike = (f", spike guard x{r['spike_factor']} (decay {r['spike_decay']})" if r.get("spike_factor") is not None
+             else "")
     return (f"{r['model'].upper()} {r['task']} {r['optimizer']} lr {r['lr']}"
-            + (f" (x{decay} once < 0.1 bit)" if decay != 1.0 else "") + f" clip {r['clip']}"
+            + (f" (x{decay} once < 0.1 bit)" if decay != 1.0 else "") + f" clip {r['clip']}" + spike
             + ("" if r.get("curriculum", True) else ", no curriculum") + (f", {c}" if c else ""))
 
 

@@ -20,6 +20,12 @@ The README's figures, as three parallel processes merged (``continual_babi.{json
     .venv/bin/python benchmarks/continual_babi.py --models dnc --seeds 0 --tag dnc8e0
     .venv/bin/python benchmarks/continual_babi.py --models dnc --seeds 1 --tag dnc8e1
     .venv/bin/python benchmarks/continual_babi.py --merge memn2n dnc8e0 dnc8e1
+
+From an experiment file instead (every trial of its grid, ``--jobs`` processes at once, results written after each
+trial to ``benchmarks/results/<file stem>[_<tag>].{json,md}``; see ``_experiment_mode.py``)::
+
+    nice -n 15 .venv/bin/python benchmarks/continual_babi.py --experiment experiments/continual_babi_memory.yaml \
+        --jobs 2 --budget-min 70
 """
 from __future__ import annotations
 
@@ -74,8 +80,9 @@ def experiment(args, model: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--strategies", nargs="+", default=STRATEGIES)
-    p.add_argument("--models", nargs="+", default=["memn2n", "dnc"], choices=["memn2n", "dnc"])
+    p.add_argument("--strategies", nargs="+", default=None, help="default: sequence, sequence_replay, sequence_ewc")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="memn2n and/or dnc (default both); with --experiment: names of its model.name axis")
     p.add_argument("--dnc-epochs", type=int, default=8)
     p.add_argument("--dnc-max-memory", type=int, default=10, help="sentences in the DNC's word stream")
     p.add_argument("--tasks", default="1,2,6,7,15")
@@ -92,11 +99,24 @@ def main() -> None:
     p.add_argument("--tag", default=None)
     p.add_argument("--merge", nargs="+", default=None,
                    help="write continual_babi.{json,md} from the runs of continual_babi_<tag>.json (parallel runs)")
+    p.add_argument("--experiment", type=Path, default=None,
+                   help="run every trial of this experiment file instead (--models / --strategies filter its grid)")
+    p.add_argument("--jobs", type=int, default=1, help="with --experiment: trials run at once (processes)")
+    p.add_argument("--budget-min", type=float, default=None,
+                   help="with --experiment: start no trial after this many minutes of wall time")
     args = p.parse_args()
+    if args.experiment is not None:
+        from _experiment_mode import run_experiment  # noqa: PLC0415
+
+        run_experiment(args, REPO, RESULTS)
+        return
     if args.merge:
         merge(args.merge)
         return
     torch.set_num_threads(1)
+    args.models, args.strategies = args.models or ["memn2n", "dnc"], args.strategies or STRATEGIES
+    if not set(args.models) <= {"memn2n", "dnc"}:
+        sys.exit(f"--models: expected memn2n and/or dnc (without --experiment), got {' '.join(args.models)}")
     if args.quick:
         args.epochs = args.dnc_epochs = 1
         args.train_questions, args.test_questions, args.seeds = 100, 100, args.seeds[:1]

@@ -21,13 +21,18 @@ Stability over seeds (``--extra-sequences K``, see ``benchmarks/_stability.py``)
 < 0.1 bit, then K more sequences while a fixed held-out set is scored every ``--eval-every`` sequences; results go to
 ``results/<--tag or copy_stability>.{json,md}`` after each run (``--merge-parts`` also rebuilds
 ``results/copy_stability.{json,md}`` from several such parts). ``--task`` also takes ``repeat_copy`` and
-``associative_recall`` there.
+``associative_recall`` there. ``--spike-factor 3`` adds the ``sequence`` strategy's gradient-spike guard
+(``strategies.sequence.GradSpikeGuard``, option ``spike_factor`` in experiment files): without it a converged NTM
+falls back to chance after one large gradient (one sequence whose read head lands one slot off), which Adam turns into
+a step of several learning rates on every parameter.
 
     .venv/bin/python benchmarks/copy_ntm_dnc.py                      # both models, one after the other
     .venv/bin/python benchmarks/copy_ntm_dnc.py --models ntm --tag ntm   # one model per process ...
     .venv/bin/python benchmarks/copy_ntm_dnc.py --merge ntm dnc      # ... merged into results/copy_ntm_dnc.{json,md}
     .venv/bin/python benchmarks/copy_ntm_dnc.py --quick
     nice -n 15 .venv/bin/python benchmarks/copy_ntm_dnc.py --models ntm --seeds 0 1 2 3 4 --extra-sequences 5000
+    nice -n 15 .venv/bin/python benchmarks/copy_ntm_dnc.py --models ntm --seeds 0 1 2 3 4 --spike-factor 3 \
+        --tag copy_stability_ntm_guard
 """
 from __future__ import annotations
 
@@ -272,6 +277,9 @@ def main() -> None:
                    help="stability mode only")
     p.add_argument("--lr-after-convergence", type=float, default=1.0,
                    help="stability mode: multiply the learning rate by this once the run is first < 0.1 bit")
+    p.add_argument("--spike-factor", type=float, default=None,
+                   help="stability mode: gradient-spike guard factor (strategies.sequence.GradSpikeGuard; off)")
+    p.add_argument("--spike-decay", type=float, default=0.99, help="stability mode: the guard's running-average decay")
     p.add_argument("--eval-every", type=int, default=500, help="stability mode: held-out scoring interval")
     p.add_argument("--curve-every", type=int, default=200, help="stability mode: learning-curve interval")
     p.add_argument("--merge-parts", nargs="+", default=[], help="stability mode: part names merged after each run")

@@ -1,8 +1,10 @@
 """Matching Networks (Vinyals et al. 2016) on Omniglot 5-way 1-shot and 5-shot (issue 18), against 98.1% / 98.9%.
 
-The learner is :class:`clmem.learners.matching.MatchingNetwork` without full context embeddings (the
-paper's plain version): 4 conv blocks of 64 filters (3x3, batch norm, ReLU, 2x2 max-pool) on 28x28 images,
-cosine attention over the support set, softmax, ``y^ = sum_i a(x^, x_i) y_i``. Characters: Vinyals et al.'s
+The learner is :class:`clmem.learners.matching.MatchingNetwork`, by default without full context embeddings
+(the paper's plain version, ``--fce`` adds them): 4 conv blocks of 64 filters (3x3, batch norm, ReLU, 2x2
+max-pool) on 28x28 images, cosine attention over the support set with inverse temperature ``--scale`` (learned
+with ``--learn-scale``; ``--scale 1 --no-learn-scale`` is the paper's softmax over raw cosines), softmax,
+``y^ = sum_i a(x^, x_i) y_i``. Characters: Vinyals et al.'s
 ``trainval`` split (1200) for training and ``test`` (423, alphabets never trained on) for evaluation; images
 area-downsampled to 28x28; every character in its 4 quarter turns is a class of its own (4800 training, 1692 test
 classes, as in the paper). Training: Adam, one episode of ``n_way x k_shot`` support and ``n_way x queries``
@@ -87,12 +89,17 @@ def train(model, images, shots: int, args, progress) -> dict:
     return state
 
 
+def model_config(args) -> MatchingConfig:
+    return MatchingConfig(image_size=args.image_size, n_way=args.n_way, scale=args.scale, learn_scale=args.learn_scale,
+                          final_relu=args.final_relu, fce=args.fce)
+
+
 def run_setting(shots: int, args: argparse.Namespace) -> dict:
     """Train and evaluate one ``n_way``-way ``shots``-shot model; its part file is rewritten as it goes."""
     torch.set_num_threads(1)
     torch.manual_seed(args.seed + shots)
     images = load_cached(args.data, args.image_size, args.cache)
-    model = MatchingNetwork(MatchingConfig(image_size=args.image_size, n_way=args.n_way))
+    model = MatchingNetwork(model_config(args))
     params = sum(p.numel() for p in model.parameters())
     print(f"{shots}-shot: {params} parameters, training budget {args.budget_min:g} min", flush=True)
 
@@ -103,7 +110,8 @@ def run_setting(shots: int, args: argparse.Namespace) -> dict:
     state = train(model, images, shots, args, progress)
     final = _evaluate(model, images["test"], args, shots, args.eval_episodes, args.seed + 2)
     seen = _evaluate(model, images["train"], args, shots, args.curve_episodes, args.seed + 3)
-    out = {"parameters": params, **state, "done": True, "test": final, "train_chars": seen}
+    out = {"parameters": params, **state, "done": True, "test": final, "train_chars": seen,
+           "scale_final": float(model.scale)}
     if args.save:  # the trained weights, for later analysis (torch.load(..., weights_only=True))
         torch.save(model.state_dict(), _parts_dir(args) / f"{shots}shot.pt")
     write_part(args, shots, out)
@@ -161,7 +169,7 @@ def _pct(v: float) -> str:
 
 def markdown(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"Matching Networks (no FCE), Omniglot {cfg['n_way']}-way, Vinyals et al. split (train: trainval "
+    lines = [f"Matching Networks ({_variant(cfg)}), Omniglot {cfg['n_way']}-way, Vinyals et al. split (train: trainval "
              "1200 characters x 4 rotations; test: 423 characters x 4 rotations), 28x28.", "",
              "| setting | episodes trained | train wall (s) | test accuracy (this run) | 95% CI | test episodes "
              "| published (Vinyals et al. 2016) |", "|---|---|---|---|---|---|---|"]
@@ -181,6 +189,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n" + result["notes"] + "\n"
 
 
+def _variant(cfg: dict) -> str:
+    scale = cfg.get("scale", 1.0)
+    temp = (f"learned inverse temperature from {scale:g}" if cfg.get("learn_scale") else
+            "raw cosines" if scale == 1 else f"inverse temperature {scale:g}")
+    return ", ".join([temp, "FCE" if cfg.get("fce") else "no FCE"]
+                     + ([] if cfg.get("final_relu", True) else ["no final ReLU"]))
+
+
 def _setting_note(shots: str, s: dict) -> str:
     curve = s["curve"]
     tail = ", ".join(f"{_pct(p['test_accuracy'])} at {p['episodes']}" for p in curve[-3:])
@@ -192,6 +208,8 @@ def _setting_note(shots: str, s: dict) -> str:
         text += (f"; the last interval gained {100 * gain:+.1f} points (CI +-{100 * ci:.1f}): "
                  + ("still rising, so the result is limited by the budget" if gain > ci else
                     "no clear gain within the curve's noise"))
+    if "scale_final" in s:
+        text += f"; inverse temperature at the end {s['scale_final']:.2f}"
     if "train_chars" in s:
         text += f"; training characters: {_pct(s['train_chars']['accuracy'])} (test {_pct(s['test']['accuracy'])})"
     return text + "."
@@ -203,18 +221,25 @@ def notes(result: dict) -> str:
              f"- Training: Adam lr {cfg['lr']:g}, one episode per update ({cfg['n_way']} classes x k support + "
              f"{cfg['queries']} queries per class), cross-entropy on the queries' log y^; budget "
              f"{cfg['budget_min']:g} min of training wall clock per setting (evaluations excluded), "
-             f"{cfg['jobs']} setting(s) at a time, one seed ({cfg['seed']}), no hyper-parameter search, no "
-             "validation-based early stopping, no full context embeddings (FCE).",
+             f"{cfg['jobs']} setting(s) at a time, one seed ({cfg['seed']}), "
+             + ("attention options chosen by short 1-shot pilots on the train -> val characters (test never "
+                "used), " if "scale" in cfg else "no hyper-parameter search, ")
+             + f"no validation-based early stopping; attention: {_variant(cfg)}.",
              f"- Evaluation: batch norm in eval mode (running statistics, not transductive), {cfg['test_queries']} "
              "queries per class per episode, the same seeded test episodes for every curve point; CI = 1.96 x std "
              "of the per-episode accuracy / sqrt(episodes). 'train_chars' in the JSON: the same measure on "
              "training characters."]
     lines += [_setting_note(shots, s) for shots, s in settings.items()]
     floor = math.e / (math.e + cfg["n_way"] - 1)
+    raw = cfg.get("scale", 1.0) == 1 and not cfg.get("learn_scale") and cfg.get("final_relu", True)
     lines.append(f"- Loss floor: the embeddings end in a ReLU, so cosines lie in [0, 1] and y^_label <= e / (e + "
                  f"{cfg['n_way'] - 1}) = {floor:.3f} for any k-shot episode: the training loss cannot go below about "
                  f"{-math.log(floor):.3f} (the paper's softmax over raw cosines, no temperature); accuracy, an "
-                 "argmax, is not bounded by this.")
+                 "argmax, is not bounded by this." if raw else
+                 f"- Loss floor: with raw cosines of ReLU embeddings (scale 1) y^_label <= e / (e + "
+                 f"{cfg['n_way'] - 1}) = {floor:.3f} (loss >= {-math.log(floor):.3f}); this run's inverse "
+                 "temperature removes that ceiling (e^s / (e^s + n - 1) for cosine 1 with the match and 0 with "
+                 "the rest).")
     loads = [p["load_avg_1min"] for s in settings.values() for p in s["curve"]]
     if loads:
         lines.append(f"- Machine: {cfg['machine']}, nice 15, one torch thread per setting, other jobs running "
@@ -233,6 +258,11 @@ def main() -> None:
     parser.add_argument("--n-way", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--queries", type=int, default=5, help="training queries per class")
+    parser.add_argument("--scale", type=float, default=MatchingConfig.scale, help="inverse temperature")
+    parser.add_argument("--learn-scale", action=argparse.BooleanOptionalAction, default=MatchingConfig.learn_scale)
+    parser.add_argument("--final-relu", action=argparse.BooleanOptionalAction, default=MatchingConfig.final_relu)
+    parser.add_argument("--fce", action=argparse.BooleanOptionalAction, default=MatchingConfig.fce,
+                        help="full context embeddings")
     parser.add_argument("--test-queries", type=int, default=5, help="test queries per class")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--curve-every", type=int, default=1000, help="episodes between learning-curve points")

@@ -16,7 +16,8 @@ from clmem import registries
 
 #: Sequence and QA learners register from :mod:`clmem.learners.registry` (imported on first lookup).
 MODELS = registries.MODELS.extend(extensions=("clmem.learners.registry", "clmem.learners.memories",
-                                                 "clmem.learners.qa_models", "clmem.learners.fewshot_models"))
+                                                 "clmem.learners.qa_models", "clmem.learners.fewshot_models",
+                                                 "clmem.learners.sentence_dnc"))
 
 
 class MLP(nn.Module):

@@ -14,7 +14,12 @@ What it adds:
   streams' metrics see ``[B, V]``.
 * **masked losses** come from the stream (``Stream.criterion``): sigmoid BCE over the scored bits for
   algorithmic tasks, cross-entropy of the answer for bAbI.
-* **gradient clipping** by global norm (``clip_grad_norm``, null disables).
+* **gradient clipping** by global norm (``clip_grad_norm``, null disables), and optionally a **gradient-spike
+  guard** (``spike_factor`` k, ``spike_decay`` d; :class:`GradSpikeGuard`): a gradient whose global norm exceeds k
+  times a running average of the (guarded) norms is scaled down to that bound before the fixed clip. With Adam a
+  single spike otherwise moves every parameter by several learning rates at once (the update is normalised per
+  coordinate, so a fixed clip does not bound it); this is how a converged NTM on copy fell back to chance (see
+  ``benchmarks/results/copy_stability.md``).
 * **length curriculum** for algorithmic streams (``curriculum: true``): each experience starts training on
   sequences of length <= ``curriculum_start`` (lengths from the samples' ``info[:, 1]``) and grows the limit by
   ``curriculum_step`` when the fraction of wrong scored bits over the last ``curriculum_window`` updates is
@@ -28,7 +33,47 @@ from clmem.options import Opt
 from clmem.tasks.algorithmic import Curriculum, CurriculumConfig
 from strategies.registry import STRATEGIES
 
-__all__ = ["SequenceStrategy", "SEQUENCE_OPTIONS"]
+__all__ = ["GradSpikeGuard", "SequenceStrategy", "SEQUENCE_OPTIONS"]
+
+
+class GradSpikeGuard:
+    """Scale a gradient down to ``factor`` times the running average of the global gradient norm.
+
+    For each update with global norm ``n`` (over all ``.grad``): the first sets ``a = n`` and passes; later ones
+    pass when ``n <= factor * a``, else every gradient is multiplied by ``factor * a / n``. Then
+    ``a <- decay * a + (1 - decay) * min(n, factor * a)`` (the bound, not the spike, enters the average). A
+    non-finite ``n`` leaves the gradients and ``a`` alone (the strategy's finite guard reports it).
+    """
+
+    def __init__(self, factor: float, decay: float = 0.99) -> None:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1.0 \
+                or factor == float("inf"):
+            raise ValueError(f"GradSpikeGuard.factor: expected a finite number >= 1, got {factor!r}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"GradSpikeGuard.decay: expected a number in [0, 1), got {decay!r}")
+        self.factor, self.decay = float(factor), float(decay)
+        self.average: float | None = None
+        self.scaled = 0  # updates scaled down so far
+
+    def __call__(self, parameters) -> tuple[float, float]:
+        """Apply to the gradients of ``parameters`` in place; returns ``(norm before, scale applied)``."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return 0.0, 1.0
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        if not torch.isfinite(torch.tensor(norm)):
+            return norm, 1.0
+        if self.average is None:
+            self.average = norm
+            return norm, 1.0
+        bound, scale = self.factor * self.average, 1.0
+        if norm > bound:
+            scale = bound / norm
+            for g in grads:
+                g.mul_(scale)
+            self.scaled += 1
+        self.average = self.decay * self.average + (1.0 - self.decay) * min(norm, bound)
+        return norm, scale
 
 
 def _base():
@@ -42,9 +87,11 @@ class SequenceStrategy(_base()):
 
     def __init__(self, *, model, optimizer, criterion, clip_grad_norm: float | None = 10.0,
                  curriculum: bool = False, curriculum_start: int = 2, curriculum_step: int = 1,
-                 curriculum_threshold: float = 0.1, curriculum_window: int = 10, **kwargs):
+                 curriculum_threshold: float = 0.1, curriculum_window: int = 10,
+                 spike_factor: float | None = None, spike_decay: float = 0.99, **kwargs):
         super().__init__(model=model, optimizer=optimizer, criterion=criterion, **kwargs)
         self.clip_grad_norm = clip_grad_norm
+        self.spike_guard = None if spike_factor is None else GradSpikeGuard(spike_factor, spike_decay)
         self.curriculum_config = (CurriculumConfig(start=curriculum_start, maximum=10 ** 6, step=curriculum_step,
                                                    threshold=curriculum_threshold, window=curriculum_window)
                                   if curriculum else None)
@@ -64,8 +111,10 @@ class SequenceStrategy(_base()):
             out = out[:, -1]  # class-id targets: score the answer (last) step
         return out
 
-    # -- gradient clipping
+    # -- gradient-spike guard and clipping
     def optimizer_step(self):
+        if self.spike_guard is not None:
+            self.spike_guard(self.model.parameters())
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         super().optimizer_step()
@@ -104,6 +153,11 @@ _BASE_OPTIONS = {
     "curriculum_step": Opt(int, 1, min=1, help="length added when the curriculum grows"),
     "curriculum_threshold": Opt(float, 0.1, min=0.0, help="grow when the recent bit error rate is below this"),
     "curriculum_window": Opt(int, 10, min=1, help="updates averaged before growing"),
+    "spike_factor": Opt(float, None, min=1.0, max=1e6, nullable=True,
+                        help="gradient-spike guard: scale a gradient whose norm exceeds this times the running "
+                             "average norm down to that bound (null: off)"),
+    "spike_decay": Opt(float, 0.99, min=0.0, max=0.999999,
+                       help="decay of the spike guard's running average of gradient norms, in [0, 1)"),
 }
 #: Options of each registered name: ``sequence`` (no extra plugin), ``sequence_ewc`` (+ Avalanche's
 #: ``EWCPlugin``), ``sequence_replay`` (+ Avalanche's ``ReplayPlugin``).

@@ -1,4 +1,4 @@
-"""Matching Networks (Vinyals et al. 2016) for few-shot classification, without full context embeddings.
+"""Matching Networks (Vinyals et al. 2016) for few-shot classification, with optional full context embeddings.
 
 Shapes: ``B`` episodes, ``S`` support items, ``Q`` queries, ``E`` embedding width, ``n`` = ``n_way`` classes,
 images ``P x P`` (one channel; ``P`` = ``image_size``), ``T`` steps of an episode in the MANN layout.
@@ -6,14 +6,20 @@ images ``P x P`` (one channel; ``P`` = ``image_size``), ``T`` steps of an episod
 * **Embedding** ``f = g`` (:class:`EmbeddingCNN`): the paper's ``blocks`` x (3x3 conv of ``channels`` filters,
   batch norm, ReLU, 2x2 max-pool); on 28x28 images 4 blocks of 64 give 28 -> 14 -> 7 -> 3 -> 1, E = 64. A
   block whose map is already 1x1 skips the pool (tiny images).
-* **Attention** (:func:`cosine_attention`): ``a(x^, x_i) = softmax_i cos(f(x^), g(x_i))`` over the support
-  items a query may see (a mask); a query with no visible support attends to nothing (all-zero row).
+* **Attention** (:func:`cosine_attention`): ``a(x^, x_i) = softmax_i s cos(f(x^), g(x_i))`` over the support
+  items a query may see (a mask); a query with no visible support attends to nothing (all-zero row). ``s`` is
+  the inverse temperature (``MatchingConfig.scale``, learned by default; the paper's ``s = 1`` on the cosines of
+  ReLU embeddings, all in [0, 1], caps ``y^_label`` at ``e / (e + n - 1)``: loss >= 0.905 for 5-way).
 * **Classifier** (:func:`matching_logits`): ``y^ = sum_i a(x^, x_i) y_i`` (``y_i`` one-hot, or soft), returned as
   logits ``log((1 - eps) y^ + eps / n)``: ``softmax`` of them is ``y^`` mixed with ``eps`` of uniform mass, so
   the logits stay finite for classes without support, and a query with no support gets uniform logits.
   Cross-entropy on them is the paper's ``-log y^_label`` (up to ``eps``).
-* **Full context embeddings** (the paper's bidirectional-LSTM ``g`` and attention-LSTM ``f`` conditioned on the
-  whole support set) are not implemented: this is the plain version, each item embedded on its own.
+* **Full context embeddings** (``fce``, :class:`FullContextEmbedding`, off by default): the paper's
+  ``g(x_i, S) = g'(x_i) + h_fwd_i + h_bwd_i`` (a bidirectional LSTM over the support embeddings ``g'``) and
+  ``f(x^, S) = attLSTM(f'(x^), g(S), K)``: ``K`` = ``fce_steps`` steps of ``h_k = LSTM([f'(x^), r_{k-1}],
+  h_{k-1}) + f'(x^)``, ``r_k = sum_i softmax_i(h_k . g_i) g_i``, ``h_0 = 0`` (the read enters as an input,
+  not concatenated to the hidden state as in the paper's appendix). Only in :meth:`MatchingNetwork.classify`:
+  the causal episode layout has no fixed support set, so :meth:`MatchingNetwork.forward` refuses it.
 
 Two uses of :class:`MatchingNetwork`:
 
@@ -39,39 +45,67 @@ from torch import Tensor, nn
 
 from clmem.memory._validation import check_batch_input, check_int
 
-__all__ = ["MatchingConfig", "EmbeddingCNN", "MatchingNetwork", "FewShotBatch", "cosine_attention",
-           "matching_logits", "sample_nk_episodes", "fewshot_train_step", "evaluate_n_way_k_shot"]
+#: Largest allowed inverse temperature of the attention.
+MAX_SCALE = 100.0
+
+__all__ = ["MatchingConfig", "EmbeddingCNN", "FullContextEmbedding", "MatchingNetwork", "FewShotBatch",
+           "cosine_attention", "matching_logits", "sample_nk_episodes", "fewshot_train_step", "evaluate_n_way_k_shot"]
 
 
 @dataclass(frozen=True)
 class MatchingConfig:
     """``image_size`` P (images P x P), ``n_way`` classes, the embedding's ``blocks`` x ``channels`` filters,
-    ``smoothing`` eps: the uniform mass mixed into ``y^`` (keeps logits finite; in (0, 1))."""
+    ``smoothing`` eps: the uniform mass mixed into ``y^`` (keeps logits finite; in (0, 1)); ``scale`` s: the
+    inverse temperature of the attention, ``softmax_i(s cos)`` (in (0, 100]), learned (as ``log s``, starting at
+    ``scale``) with ``learn_scale``; ``final_relu``: the last conv block ends in its ReLU (without it the
+    embeddings, and so the cosines, may be negative); ``fce`` with ``fce_steps`` K: full context embeddings (see
+    the module docstring). The paper's plain version is ``scale=1, learn_scale=False, final_relu=True``: raw
+    cosines in [0, 1] cap ``y^_label`` at ``e / (e + n - 1)``; the defaults (learned s from 10, no final ReLU)
+    were better in short Omniglot 1-shot pilots (train -> val characters; ``benchmarks/matching_omniglot.py``)."""
 
     image_size: int = 28
     n_way: int = 5
     channels: int = 64
     blocks: int = 4
     smoothing: float = 1e-3
+    scale: float = 10.0
+    learn_scale: bool = True
+    final_relu: bool = False
+    fce: bool = False
+    fce_steps: int = 5
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        for field in ("image_size", "n_way", "channels", "blocks"):
+        for field in ("image_size", "n_way", "channels", "blocks", "fce_steps"):
             check_int(owner, field, getattr(self, field), 2 if field == "n_way" else 1)
-        eps = self.smoothing
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
-            raise ValueError(f"{owner}.smoothing: expected a finite number in (0, 1), got {eps!r}")
+        _check_float(owner, "smoothing", self.smoothing, 0.0, 1.0)
+        _check_float(owner, "scale", self.scale, 0.0, MAX_SCALE, top_closed=True)
+        for field in ("learn_scale", "final_relu", "fce"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{owner}.{field}: expected a bool, got {getattr(self, field)!r}")
+
+
+def _check_float(owner: str, field: str, value, low: float, high: float, top_closed: bool = False) -> None:
+    """One line naming ``field`` unless ``value`` is a finite number in ``(low, high)`` (``(low, high]``)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and low < value and (value <= high if top_closed else value < high)
+    if not ok:
+        raise ValueError(f"{owner}.{field}: expected a finite number in ({low:g}, {high:g}{']' if top_closed else ')'}"
+                         f", got {value!r}")
 
 
 class EmbeddingCNN(nn.Module):
-    """``blocks`` x (conv 3x3 ``channels``, BN, ReLU, 2x2 max-pool): images ``[N, P, P]`` -> ``[N, E]``."""
+    """``blocks`` x (conv 3x3 ``channels``, BN, ReLU, 2x2 max-pool): images ``[N, P, P]`` -> ``[N, E]``; without
+    ``final_relu`` the last block has no ReLU (max-pool of the batch-normed map)."""
 
-    def __init__(self, image_size: int, channels: int = 64, blocks: int = 4):
+    def __init__(self, image_size: int, channels: int = 64, blocks: int = 4, final_relu: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         size, width = image_size, 1
-        for _ in range(blocks):
-            layers += [nn.Conv2d(width, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+        for block in range(blocks):
+            layers += [nn.Conv2d(width, channels, 3, padding=1), nn.BatchNorm2d(channels)]
+            if final_relu or block < blocks - 1:
+                layers.append(nn.ReLU())
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
@@ -83,15 +117,43 @@ class EmbeddingCNN(nn.Module):
         return self.body(images.reshape(-1, 1, self.image_size, self.image_size))
 
 
+class FullContextEmbedding(nn.Module):
+    """The paper's full context embeddings of width ``E``: :meth:`support` ``g'(S) [B, S, E]`` -> ``g(S)``,
+    :meth:`query` ``(f'(x^) [B, Q, E], g(S) [B, S, E])`` -> ``f(x^, S) [B, Q, E]`` (``steps`` K)."""
+
+    def __init__(self, width: int, steps: int):
+        super().__init__()
+        self.width, self.steps = width, steps
+        self.support_lstm = nn.LSTM(width, width, batch_first=True, bidirectional=True)
+        self.query_cell = nn.LSTMCell(2 * width, width)
+
+    def support(self, g: Tensor) -> Tensor:
+        """``g'(x_i) + h_fwd_i + h_bwd_i``: ``[B, S, E]`` -> ``[B, S, E]``."""
+        both, _ = self.support_lstm(g)
+        return g + both[..., :self.width] + both[..., self.width:]
+
+    def query(self, f: Tensor, g: Tensor) -> Tensor:
+        """``K`` attention-LSTM steps: ``f [B, Q, E]``, ``g [B, S, E]`` -> ``[B, Q, E]``."""
+        b, q, e = f.shape
+        h = torch.zeros_like(f)
+        c = torch.zeros(b * q, e, dtype=f.dtype, device=f.device)
+        for _ in range(self.steps):
+            read = (h @ g.transpose(-1, -2)).softmax(-1) @ g  # [B, Q, E]
+            h_new, c = self.query_cell(torch.cat([f, read], -1).reshape(b * q, 2 * e), (h.reshape(b * q, e), c))
+            h = h_new.reshape(b, q, e) + f
+        return h
+
+
 # ----------------------------------------------------------------------------------------------- pure maths
-def cosine_attention(query: Tensor, support: Tensor, mask: Optional[Tensor] = None, eps: float = 1e-8) -> Tensor:
-    """``a [B, Q, S]``: softmax over the support of ``cos(query_q, support_i)``.
+def cosine_attention(query: Tensor, support: Tensor, mask: Optional[Tensor] = None, eps: float = 1e-8,
+                     scale: float | Tensor = 1.0) -> Tensor:
+    """``a [B, Q, S]``: softmax over the support of ``scale * cos(query_q, support_i)``.
 
     ``query [B, Q, E]``, ``support [B, S, E]``; ``mask [B or 1, Q, S]`` bool (True: query ``q`` may attend to
     item ``i``; ``None``: all). Masked entries get weight 0; a row with no allowed item is all zeros. A zero
-    vector has cosine 0 with everything.
+    vector has cosine 0 with everything. ``scale`` (a number or a 0-d tensor, > 0): the inverse temperature.
     """
-    sim = F.normalize(query, dim=-1, eps=eps) @ F.normalize(support, dim=-1, eps=eps).transpose(-1, -2)
+    sim = scale * (F.normalize(query, dim=-1, eps=eps) @ F.normalize(support, dim=-1, eps=eps).transpose(-1, -2))
     if mask is None:
         return sim.softmax(-1)
     mask = mask.expand_as(sim)
@@ -119,7 +181,16 @@ class MatchingNetwork(nn.Module):
     def __init__(self, config: MatchingConfig = MatchingConfig()):
         super().__init__()
         self.config, self.n_way = config, config.n_way
-        self.embedding = EmbeddingCNN(config.image_size, config.channels, config.blocks)
+        self.embedding = EmbeddingCNN(config.image_size, config.channels, config.blocks, config.final_relu)
+        if config.learn_scale:
+            self.log_scale = nn.Parameter(torch.tensor(math.log(config.scale)))
+        if config.fce:
+            self.context = FullContextEmbedding(self.embedding.output_size, config.fce_steps)
+
+    @property
+    def scale(self) -> float | Tensor:
+        """The attention's inverse temperature: ``exp(log_scale)`` (0-d) when learned, else ``config.scale``."""
+        return self.log_scale.exp() if self.config.learn_scale else self.config.scale
 
     def embed(self, images: Tensor) -> Tensor:
         """Images ``[..., P, P]`` or ``[..., P^2]`` -> embeddings ``[..., E]``."""
@@ -140,13 +211,20 @@ class MatchingNetwork(nn.Module):
                              f"got {support_y.min().item()}..{support_y.max().item()}")
         s = support_x.shape[1]
         emb = self.embed(torch.cat([support_x, query_x], dim=1))
-        attention = cosine_attention(emb[:, s:], emb[:, :s])
+        support, query = emb[:, :s], emb[:, s:]
+        if self.config.fce:
+            support = self.context.support(support)
+            query = self.context.query(query, support)
+        attention = cosine_attention(query, support, scale=self.scale)
         return matching_logits(attention, F.one_hot(support_y.long(), self.n_way), self.config.smoothing)
 
     def forward(self, x: Tensor) -> Tensor:
         """Episodes in the ``(x_t, one-hot y_{t-1})`` layout, ``x [B, T, P^2 + n]`` -> logits ``[B, T, n]``:
         step ``t`` attends over the steps ``i < t`` with label ``y_i`` = the label channels of step ``i + 1``."""
         check_batch_input("MatchingNetwork.x", x, self.embedding.body[0].weight.dtype)
+        if self.config.fce:
+            raise ValueError("MatchingNetwork.fce: full context embeddings need a fixed support set (classify); "
+                             "the (x_t, y_{t-1}) episode layout has none")
         pixels, n = self.config.image_size ** 2, self.n_way
         if x.dim() != 3 or x.shape[-1] != pixels + n:
             raise ValueError(f"MatchingNetwork.x: expected [B, T, {pixels + n}] ({pixels} pixels + {n} previous-"
@@ -154,7 +232,7 @@ class MatchingNetwork(nn.Module):
         steps = x.shape[1]
         emb = self.embed(x[..., :pixels])  # [B, T, E]
         mask = torch.ones(steps, steps - 1, dtype=torch.bool, device=x.device).tril(-1)  # [T, T-1]: i < t
-        attention = cosine_attention(emb, emb[:, :-1], mask.unsqueeze(0))
+        attention = cosine_attention(emb, emb[:, :-1], mask.unsqueeze(0), scale=self.scale)
         return matching_logits(attention, x[:, 1:, pixels:], self.config.smoothing)
 
 

@@ -10,6 +10,9 @@ Names (see :data:`clmem.models.MODELS`):
 * ``igor``: the I/G/O/R memory network (:mod:`clmem.learners.igor`) on image streams: ``input_shape``
   ``(C, H, W)``, ``x [B, C, H, W]`` -> ``logits [B, num_classes]``; its FAISS memory persists across batches
   and experiences.
+* ``igor_qa``: the I/G/O/R network on bAbI streams with ``encoding: memnet`` (:mod:`clmem.learners.igor_qa`):
+  ``input_shape`` ``(S + 1, L)``, ``x [B, S + 1, L]`` word ids -> answer logits ``[B, V]``; a fresh FAISS memory
+  per story (nothing persists across batches).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from clmem.models import MODELS
 from clmem.options import Opt
 
 from .igor import STORE_INDEXES, IGORConfig, IGORNetwork
+from .igor_qa import METRICS as IGOR_QA_METRICS, IGORQA, IGORQAConfig
 from .registry import CORE_OPTIONS, SEQUENCE_KINDS
 from .sequence import CoreSequenceLearner
 
@@ -41,8 +45,13 @@ MEMORY_LEARNERS = {
     }, "controller + two-level chunked memory (maximum inner product over chunk means, then content "
        "attention inside) as a sequence learner"),
     "gated": (GatedCore, {**CORE_OPTIONS, "retain_bias": Opt(float, 1.0, min=-10.0, max=10.0,
-                                                      help="bias of the per-slot retain-gate logits")},
-              "controller + memory with learned per-slot write and retain gates as a sequence learner"),
+                                                      help="bias of the per-slot retain-gate logits"),
+                          "max_memory_size": Opt(int, None, min=1, nullable=True,
+                                                 help="slots the memory may grow to (>= memory_size; null: no growth)"),
+                          "grow_threshold": Opt(float, 0.9, min=1e-6, max=1 - 1e-6,
+                                                help="usage every slot in use must exceed before one more is added")},
+              "controller + memory with learned per-slot write and retain gates as a sequence learner; it may grow "
+              "from memory_size to max_memory_size slots (one empty slot when all in use are full, or grow(n))"),
 }
 
 
@@ -81,3 +90,25 @@ def igor(input_shape, num_classes, **options) -> nn.Module:
         raise ValueError(f"model.name: 'igor' expects image inputs (C, H, W), got shape {tuple(input_shape)}")
     return IGORNetwork(IGORConfig(input_size=math.prod(int(s) for s in input_shape), num_classes=int(num_classes),
                                   **options))
+
+
+@MODELS.register(
+    "igor_qa",
+    {
+        "embedding_dim": Opt(int, 50, min=1, help="embedding and memory vector width D"),
+        "memory_size": Opt(int, 50, min=1, help="memory slots N per story (a longer story merges into the nearest)"),
+        "k": Opt(int, 10, min=1, help="slots O retrieves per hop through FAISS (<= memory_size)"),
+        "hops": Opt(int, 3, min=1, max=10, help="O's reads, each next query q + o"),
+        "metric": Opt(str, "ip", choices=IGOR_QA_METRICS, help="nearest = largest inner product or smallest L2"),
+        "random_noise": Opt(float, 0.1, min=0.0, max=1.0, help="MemN2N's random temporal blanks in training"),
+        "init_std": Opt(float, 0.1, min=1e-6, help="std of the embedding initialisation"),
+        "response_hidden": Opt(int, 0, min=0, max=4096, help="hidden units of R (0: linear, Weston's; else a ReLU MLP)"),
+    },
+    "I/G/O/R memory network (Weston et al. 2014) on bAbI streams with encoding: memnet: a FAISS memory per "
+    "story, top-k retrieval and attention over several hops, a linear response",
+    accepts=("qa_memnet",), config=IGORQAConfig, config_sizes={"vocab_size": 1, "max_memory": 1},
+)
+def igor_qa(input_shape, num_classes, **options) -> nn.Module:
+    if len(input_shape) != 2:
+        raise ValueError(f"model.name: 'igor_qa' expects the memnet layout (S + 1, L), got shape {tuple(input_shape)}")
+    return IGORQA(IGORQAConfig(vocab_size=int(num_classes), max_memory=max(1, int(input_shape[0]) - 1), **options))

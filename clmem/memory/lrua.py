@@ -1,8 +1,11 @@
 """Least Recently Used Access memory (Santoro et al. 2016, MANN) with explicit immutable state.
 
-One step: the least-used slots (from ``w^u_{t-1}``) are zeroed; write head ``h`` writes with
+One step: the least-used slot (from ``w^u_{t-1}``) is zeroed ("prior to writing to memory, the least used memory
+location is computed from w^u_{t-1} and is set to zero"); write head ``h`` writes with
 ``w^w_h = sigma(alpha_h) w^r_{t-1,h} + (1 - sigma(alpha_h)) w^lu_{t-1,h}`` (``w^lu_h`` = the h-th least-used slot);
-read heads address ``M_t`` by content; usage ``w^u_t = gamma w^u_{t-1} + sum w^r_t + sum w^w_t``.
+read heads address ``M_t`` by content; usage ``w^u_t = gamma w^u_{t-1} + sum w^r_t + sum w^w_t``. With
+``num_writes = num_reads`` every read head also writes and the least-used slots are the ``n = num_reads`` smallest
+usages, as in the paper's ``m(w^u, n)`` and its public reference implementations.
 Key strengths are an extension (``beta = 1`` recovers the paper's plain softmax of cosine similarities).
 """
 
@@ -97,13 +100,13 @@ class LRUAMemory(nn.Module):
         )
 
     def step(self, interface: LRUAInterface, prev_state: LRUAState) -> Tuple[Tensor, LRUAState]:
-        """Zero least-used slots, write, read, update usage: ``(read_words [B, R, W], next_state)``."""
+        """Zero the least-used slot, write, read, update usage: ``(read_words [B, R, W], next_state)``."""
         c = self.config
         prev_lu_weights = addr.least_used_weights(prev_state.usage, c.num_writes)  # [B, H, N]
         write_weights = addr.lrua_write_weights(
             prev_state.read_weights[:, : c.num_writes], prev_lu_weights, interface.write_gates
         )
-        cleared = prev_state.memory * (1.0 - prev_lu_weights.sum(dim=1)).unsqueeze(-1)
+        cleared = prev_state.memory * (1.0 - prev_lu_weights[:, 0]).unsqueeze(-1)  # the least-used slot only
         memory = torch.baddbmm(cleared, write_weights.transpose(1, 2), interface.write_vectors)
         read_weights = addr.content_weights(memory, interface.read_keys, interface.read_strengths)
         usage = addr.lrua_usage(prev_state.usage, read_weights, write_weights, c.usage_decay)

@@ -7,8 +7,11 @@ the (deflated) npz, :func:`load_omniglot` / :func:`load_omniglot_split` return `
 
 **Episodes**: ``n_way`` distinct characters, each rotated by its own random multiple of 90° and given label
 ``0..n_way-1`` in random order, ``shots`` distinct drawers each, the ``T = n_way × shots`` presentations in
-random order (:func:`episode_plan`, :func:`sample_episodes`). The MANN layout (:func:`shifted_inputs`): step
-``t`` sees ``x_t = [image_t (S²), one-hot y_{t-1} (n_way)]`` (zeros at ``t = 0``) and must predict ``y_t``.
+random order (:func:`episode_plan`, :func:`sample_episodes`); each presentation is then jittered by its own
+small random rotation and translation (:func:`jitter_plan`, Santoro et al.'s instance-level augmentation; the paper
+gives no magnitudes: ±11.25° and ±10/105 of the side, a public reference implementation's). The MANN layout
+(:func:`shifted_inputs`): step ``t`` sees ``x_t = [image_t (S²), one-hot y_{t-1} (n_way)]`` (zeros at ``t = 0``)
+and must predict ``y_t``.
 
 **Stream** ``omniglot_episodes`` (stream kind ``episodes``): the background set's alphabets split into
 ``n_experiences`` disjoint groups, one experience each; within each alphabet a seeded ``test_fraction`` of the
@@ -43,6 +46,10 @@ from .streams import _avalanche_benchmark
 
 DEFAULT_FILE = "images_background.npz"
 INSTANCES = (1, 2, 3, 4, 5, 10)
+#: Per-presentation jitter (Santoro et al. 2016, Sec. 4: "randomly translating and rotating character images"):
+#: uniform rotation within ±JITTER_DEGREES and translation within ±JITTER_SHIFT of the image side per axis.
+JITTER_DEGREES = 11.25
+JITTER_SHIFT = 10 / 105
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -138,20 +145,48 @@ def episode_plan(n_chars: int, n_drawers: int, batch: int, n_way: int = 5, shots
     return chars[b, y], drawers[b, y, instance_index(y, n_way) - 1], rot[b, y], y
 
 
-def render_frames(images: Tensor, chars: Tensor, drawers: Tensor, turns: Tensor) -> Tensor:
-    """``images [C, D, S, S]`` at ``chars, drawers [...]`` rotated by ``turns`` × 90°: ``[..., S²]``."""
+def jitter_plan(shape: tuple[int, ...], generator: torch.Generator | None = None, degrees: float = JITTER_DEGREES,
+                shift: float = JITTER_SHIFT) -> Tensor:
+    """Per-image jitter ``[*shape, 3]``: rotation in radians, uniform in ±``degrees``, and translation ``(dx, dy)``
+    as fractions of the image side, uniform in ±``shift`` each (+dx moves strokes right, +dy down)."""
+    u = torch.rand(*shape, 3, generator=generator) * 2.0 - 1.0
+    return u * torch.tensor([degrees * torch.pi / 180.0, shift, shift])
+
+
+def jitter_frames(frames: Tensor, jitter: Tensor) -> Tensor:
+    """Rotate ``frames [..., S, S]`` about their centre by ``jitter[..., 0]`` radians (clockwise on screen, rows
+    downwards: ``pi/2`` equals ``torch.rot90(frames, -1, (-2, -1))``), then translate by ``jitter[..., 1:] × S``
+    pixels; bilinear, zeros enter from outside: ``[..., S, S]``."""
+    shape, size = frames.shape, frames.shape[-1]
+    flat, jit = frames.reshape(-1, 1, size, size), jitter.reshape(-1, 3).to(frames.dtype)
+    cos, sin = torch.cos(jit[:, 0]), torch.sin(jit[:, 0])
+    # affine_grid maps output to input coordinates: input = R(-angle) (output - 2 * shift), normalised to [-1, 1]
+    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # [N, 2, 2]
+    theta = torch.cat([rot, -(rot @ (2.0 * jit[:, 1:]).unsqueeze(-1))], dim=-1)  # [N, 2, 3]
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    return F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(shape)
+
+
+def render_frames(images: Tensor, chars: Tensor, drawers: Tensor, turns: Tensor, jitter: Tensor | None = None) -> Tensor:
+    """``images [C, D, S, S]`` at ``chars, drawers [...]`` rotated by ``turns`` × 90°, then (``jitter [..., 3]``, see
+    :func:`jitter_frames`) jittered: ``[..., S²]``."""
     frames = images[chars, drawers].clone()
     for k in (1, 2, 3):
         mask = turns == k
         frames[mask] = torch.rot90(frames[mask], k, (-2, -1))
+    if jitter is not None:
+        frames = jitter_frames(frames, jitter)
     return frames.flatten(-2)
 
 
 def sample_episodes(images: Tensor, batch: int, n_way: int = 5, shots: int = 10,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """``batch`` episodes from ``images [C, D, S, S]``: inputs ``[B, T, S²]``, labels ``[B, T]`` (T = n_way × shots)."""
+                    generator: torch.Generator | None = None, jitter: bool = True) -> tuple[Tensor, Tensor]:
+    """``batch`` episodes from ``images [C, D, S, S]``: inputs ``[B, T, S²]``, labels ``[B, T]`` (T = n_way × shots);
+    ``jitter``: each presentation with its own small rotation and translation (:func:`jitter_plan`), drawn after
+    the plan, so the same generator gives the same characters, drawers and labels either way."""
     chars, drawers, turns, y = episode_plan(images.shape[0], images.shape[1], batch, n_way, shots, generator)
-    return render_frames(images, chars, drawers, turns), y
+    jit = jitter_plan(tuple(y.shape), generator) if jitter else None
+    return render_frames(images, chars, drawers, turns, jit), y
 
 
 def shifted_inputs(x: Tensor, y: Tensor, n_way: int) -> Tensor:
@@ -174,8 +209,8 @@ class EpisodeDataset(Dataset):
     label of each step) over ``images [C, D, S, S]``: ``(x [T, S² + n_way], y [T], info [2])``."""
 
     def __init__(self, images: Tensor, plan: tuple[Tensor, Tensor, Tensor, Tensor], n_way: int, info: Tensor,
-                 targets: Tensor):
-        self.images, self.n_way, self.info, self.targets = images, n_way, info, targets
+                 targets: Tensor, jitter: Tensor | None = None):
+        self.images, self.n_way, self.info, self.targets, self.jitter = images, n_way, info, targets, jitter
         self.chars, self.drawers, self.turns, self.y = plan
         if not (len(self.y) == len(info) == len(targets)):
             raise ValueError("EpisodeDataset: plan, info and targets must have the same length")
@@ -184,7 +219,8 @@ class EpisodeDataset(Dataset):
         return len(self.y)
 
     def __getitem__(self, index):
-        frames = render_frames(self.images, self.chars[index], self.drawers[index], self.turns[index])
+        jitter = None if self.jitter is None else self.jitter[index]
+        frames = render_frames(self.images, self.chars[index], self.drawers[index], self.turns[index], jitter)
         return shifted_inputs(frames, self.y[index], self.n_way), self.y[index], self.info[index]
 
 
@@ -317,10 +353,12 @@ def _generator(*key: int) -> torch.Generator:
 
 
 def episode_experiences(images: Tensor, local: dict[int, int], splits: list[dict[str, list[int]]],
-                        counts: dict[str, int], n_way: int, shots: int, rotate: bool, seed: int) -> dict:
+                        counts: dict[str, int], n_way: int, shots: int, rotate: bool, seed: int,
+                        jitter: bool = True) -> dict:
     """``{split: [EpisodeDataset per experience]}``: ``counts[split]`` episodes per experience, drawn with a
     generator seeded by ``(seed, split, experience)`` from that experience's characters (``local`` maps npz
-    rows to rows of ``images``). ``targets`` of every episode = its experience index."""
+    rows to rows of ``images``); ``jitter`` draws each presentation's jitter from a second generator
+    ``(seed, split, experience, 1)``. ``targets`` of every episode = its experience index."""
     out: dict[str, list[EpisodeDataset]] = {}
     for s, (split, count) in enumerate(counts.items()):
         out[split] = []
@@ -332,7 +370,8 @@ def episode_experiences(images: Tensor, local: dict[int, int], splits: list[dict
             c, d, k, y = episode_plan(len(rows), images.shape[1], count, n_way, shots, _generator(seed, s, j))
             info = torch.stack([torch.full((count,), j), torch.arange(count)], dim=1)
             plan = (rows[c], d, k if rotate else torch.zeros_like(k), y)
-            out[split].append(EpisodeDataset(images, plan, n_way, info, torch.full((count,), j)))
+            jit = jitter_plan(tuple(y.shape), _generator(seed, s, j, 1)) if jitter else None
+            out[split].append(EpisodeDataset(images, plan, n_way, info, torch.full((count,), j), jit))
     return out
 
 
@@ -344,6 +383,8 @@ _EPISODE_OPTS = {
     "shots": Opt(int, 10, min=1, max=20, help="presentations (drawers) per class; T = n_way x shots"),
     "image_size": Opt(int, 20, min=4, max=105, help="images area-downsampled to image_size x image_size"),
     "rotate": Opt(bool, True, help="rotate each class of an episode by a random multiple of 90 degrees"),
+    "jitter": Opt(bool, True, help="each presentation slightly rotated (within 11.25 degrees) and shifted (within "
+                                   "10/105 of the side), Santoro et al.'s instance-level augmentation"),
     "test_fraction": Opt(float, 0.25, min=0.01, max=0.9, help="characters per alphabet held out for test"),
     "train_episodes": Opt(int, 64, min=1, help="training episodes per experience"),
     "test_episodes": Opt(int, 32, min=1, help="test episodes per experience (on held-out characters)"),
@@ -358,14 +399,16 @@ _EPISODE_OPTS = {
                      tiny={"n_experiences": 2, "alphabets": 2, "n_way": 2, "shots": 2, "image_size": 4,
                            "train_episodes": 4, "test_episodes": 2}, preflight=check_omniglot)
 def omniglot_episodes(seed: int, n_experiences: int = 2, alphabets: int = 30, order: str = "given", n_way: int = 5,
-                      shots: int = 10, image_size: int = 20, rotate: bool = True, test_fraction: float = 0.25,
+                      shots: int = 10, image_size: int = 20, rotate: bool = True, jitter: bool = True,
+                      test_fraction: float = 0.25,
                       train_episodes: int = 64, test_episodes: int = 32, data_root: str | None = None) -> Stream:
     root = Path(data_root) if data_root else default_omniglot_root()
     splits = split_characters(root, alphabet_groups(root, alphabets, n_experiences, order, seed), test_fraction, seed)
     rows = sorted({r for s in splits for part in s.values() for r in part})
     images = load_omniglot(root / DEFAULT_FILE, image_size, rows=rows)
     data = episode_experiences(images, {r: i for i, r in enumerate(rows)}, splits,
-                               {"train": train_episodes, "test": test_episodes}, n_way, shots, rotate, seed)
+                               {"train": train_episodes, "test": test_episodes}, n_way, shots, rotate, seed,
+                               jitter)
     instances = tuple(k for k in INSTANCES if k <= shots)
     return Stream(_avalanche_benchmark(data["train"], data["test"]), (n_way * shots, image_size ** 2 + n_way), n_way,
                   metric="episode_accuracy", higher_is_better=True, metric_prefix="EpisodeAcc_Exp",

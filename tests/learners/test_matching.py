@@ -150,3 +150,68 @@ def test_registered_model_builds_from_the_stream_shape_and_refuses_bad_ones():
         model(torch.zeros(1, 3, 20))
     with pytest.raises(ValueError, match=r"^MatchingConfig\.smoothing: expected a finite number in \(0, 1\)"):
         MatchingConfig(smoothing=1.0)
+
+
+# ------------------------------------------------------------------ inverse temperature, final ReLU, FCE
+def test_scaled_cosine_attention_hand_computed():
+    support = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # [B=1, S=3, E=2]
+    query = torch.tensor([[[3.0, 0.0]]])  # cosines (1, 0, 1/sqrt2)
+    r = 1 / math.sqrt(2)
+    e = torch.tensor([math.exp(10.0), 1.0, math.exp(10 * r)])
+    torch.testing.assert_close(cosine_attention(query, support, scale=10.0), (e / e.sum()).view(1, 1, 3))
+    torch.testing.assert_close(cosine_attention(query, support, scale=torch.tensor(10.0)),
+                               cosine_attention(query, support, scale=10.0))
+    # with scale 10, one exact match among n orthogonal items gives y^ = e^10 / (e^10 + n - 1), past the raw-cosine
+    # ceiling e / (e + n - 1) that keeps the loss above 0.905 for n = 5
+    top = cosine_attention(torch.eye(5)[:1].unsqueeze(0), torch.eye(5).unsqueeze(0), scale=10.0)[0, 0, 0]
+    torch.testing.assert_close(top, torch.tensor(math.exp(10) / (math.exp(10) + 4)))
+    assert -math.log(top) < 0.01 < 0.905 < -math.log(math.e / (math.e + 4)) + 1e-3
+
+
+def test_learned_scale_is_a_parameter_that_trains():
+    model = tiny(scale=5.0, learn_scale=True)
+    assert isinstance(model.log_scale, torch.nn.Parameter)
+    torch.testing.assert_close(model.scale, torch.tensor(5.0))
+    ep = sample_nk_episodes(torch.rand(4, 4, 4, 4, generator=torch.Generator().manual_seed(0)), 2, 2, 1, 2,
+                            torch.Generator().manual_seed(1))
+    F.cross_entropy(model.classify(ep.support_x, ep.support_y, ep.query_x).flatten(0, 1),
+                    ep.query_y.flatten()).backward()
+    assert model.log_scale.grad is not None and torch.isfinite(model.log_scale.grad)
+    fixed = tiny(scale=5.0, learn_scale=False)
+    assert fixed.scale == 5.0 and not hasattr(fixed, "log_scale")
+
+
+def test_final_relu_off_drops_only_the_last_relu():
+    with_relu, without = tiny(blocks=3, final_relu=True), tiny(blocks=3, final_relu=False)
+    relus = [sum(isinstance(m, torch.nn.ReLU) for m in net.embedding.body) for net in (with_relu, without)]
+    assert relus == [3, 2]
+    kinds = [type(m) for m in without.embedding.body if not isinstance(m, (torch.nn.MaxPool2d, torch.nn.Flatten))]
+    assert kinds[-3:] == [torch.nn.ReLU, torch.nn.Conv2d, torch.nn.BatchNorm2d]  # the last block: conv, BN only
+    x = torch.rand(6, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert (with_relu.embed(x) >= 0).all() and (without.embed(x) < 0).any()
+
+
+def test_full_context_embeddings_condition_on_the_whole_support():
+    model = tiny(image_size=8, n_way=3, fce=True, fce_steps=2).eval()
+    g = torch.Generator().manual_seed(0)
+    ep = sample_nk_episodes(torch.rand(6, 5, 8, 8, generator=g), 2, 3, 1, 2, g, rotations=False)
+    logits = model.classify(ep.support_x, ep.support_y, ep.query_x)
+    assert logits.shape == (2, 6, 3) and torch.isfinite(logits).all()
+    plain = model.embed(ep.support_x)
+    context = model.context.support(plain)
+    changed = ep.support_x.clone()
+    changed[:, 2] = torch.rand(2, 8, 8, generator=g)  # another last support item changes the first's embedding
+    assert not torch.allclose(model.context.support(model.embed(changed))[:, 0], context[:, 0])
+    no_steps = model.context.query(model.embed(ep.query_x), context)
+    assert no_steps.shape == (2, 6, plain.shape[-1])
+    with pytest.raises(ValueError, match=r"^MatchingNetwork\.fce: full context embeddings need a fixed support set"):
+        model(episodes(image_size=8, n_way=3)[0])
+
+
+@pytest.mark.parametrize("field, bad, expected", [
+    ("scale", 0.0, r"a finite number in \(0, 100\]"), ("scale", 101.0, r"a finite number in \(0, 100\]"),
+    ("scale", float("nan"), r"a finite number in \(0, 100\]"), ("learn_scale", 1, "a bool"),
+    ("final_relu", "no", "a bool"), ("fce", None, "a bool"), ("fce_steps", 0, "an int >= 1")])
+def test_new_config_fields_refuse_bad_values_in_one_line(field, bad, expected):
+    with pytest.raises(ValueError, match=rf"^MatchingConfig\.{field}: expected {expected}, got "):
+        MatchingConfig(**{field: bad})

@@ -62,8 +62,8 @@ def interface(gates):
 def test_step_writes_to_least_used_slots():
     _, state = make_memory().step(interface([0.0, 0.0]), hand_state())
     expected = torch.arange(N, dtype=F64).view(N, 1).expand(N, W).clone()
-    expected[1] = torch.tensor([10.0, 20.0, 30.0])  # zeroed, then head 0 writes
-    expected[3] = torch.tensor([-1.0, -2.0, -3.0])  # zeroed, then head 1 writes
+    expected[1] = torch.tensor([10.0, 20.0, 30.0])  # the least-used slot: zeroed, then head 0 writes
+    expected[3] = torch.tensor([2.0, 1.0, 0.0])  # 2nd least used: not zeroed, head 1 adds [-1, -2, -3] to [3, 3, 3]
     assert torch.allclose(state.memory[0], expected)
     written = torch.zeros(1, H, N, dtype=F64)
     written[0, 0, 1] = written[0, 1, 3] = 1.0
@@ -76,7 +76,7 @@ def test_step_writes_to_previously_read_slots_and_updates_usage():
     expected[1] = 0.0  # least-used slot zeroed, not written (gate 1: all on the previously read slot 4)
     expected[4] += torch.tensor([10.0, 20.0, 30.0])
     expected[0] += 0.25 * torch.tensor([-1.0, -2.0, -3.0])  # head 1: 0.25 on read slot 0, 0.75 on slot 3
-    expected[3] = 0.75 * torch.tensor([-1.0, -2.0, -3.0])
+    expected[3] = torch.tensor([3.0 - 0.75, 3.0 - 1.5, 3.0 - 2.25])  # slot 3 keeps its [3, 3, 3]: only slot 1 is zeroed
     assert torch.allclose(state.memory[0], expected)
     # usage = 0.5 * prev + sum of new read weights (sum 1 each) + write weights
     write_sum = torch.tensor([[0.25, 0, 0, 0.75, 1.0]], dtype=F64)

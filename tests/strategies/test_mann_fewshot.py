@@ -70,7 +70,7 @@ def test_split_loader_picks_the_listed_characters_from_both_sets(tmp_path):
 
 def test_episode_frames_are_rotated_drawings_of_one_character_per_label():
     images = torch.rand(7, 20, 6, 6)
-    x, y = sample_episodes(images, 4, n_way=3, shots=5, generator=torch.Generator().manual_seed(3))
+    x, y = sample_episodes(images, 4, n_way=3, shots=5, generator=torch.Generator().manual_seed(3), jitter=False)
     variants = {(c, d, k): torch.rot90(images[c, d], k, (0, 1)).flatten() for c in range(7) for d in range(20)
                 for k in range(4)}
     for b in range(4):
@@ -113,3 +113,18 @@ class _Oracle(torch.nn.Module):
 def test_evaluation_counts_the_right_positions():
     acc = evaluate_by_instance(_Oracle(), torch.rand(5, 20, 4, 4), episodes=5, batch=2, shots=3, instances=(1, 2, 3))
     assert acc == {1: 0.0, 2: 1.0, 3: 1.0}
+
+
+def test_jitter_keeps_the_plan_and_moves_the_strokes():
+    images = torch.rand(7, 20, 6, 6)
+    plain, y0 = sample_episodes(images, 3, n_way=3, shots=4, generator=torch.Generator().manual_seed(5), jitter=False)
+    moved, y1 = sample_episodes(images, 3, n_way=3, shots=4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(y0, y1) and moved.shape == plain.shape == (3, 12, 36)
+    assert not torch.equal(moved, plain) and 0.0 <= moved.min() and moved.max() <= 1.0
+
+
+def test_mann_writes_with_every_read_head_by_default():
+    model = MANNFewShot(image_size=4, n_way=3, hidden_size=8, memory_size=8, word_size=4, num_reads=3)
+    assert (model.core.config.num_reads, model.core.config.num_writes) == (3, 3)
+    assert MANNFewShot(image_size=4, n_way=3, hidden_size=8, memory_size=8, word_size=4, num_reads=3,
+                       num_writes=1).core.config.num_writes == 1

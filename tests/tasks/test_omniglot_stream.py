@@ -58,7 +58,7 @@ def test_registered_as_an_episode_stream(fake):
 
 
 def test_episode_layout_labels_and_characters(fake):
-    stream = _stream(fake)
+    stream = _stream(fake, jitter=False)  # exact frames: every one is a drawing turned by a multiple of 90 degrees
     sources = _sources(load_omniglot(fake / "images_background.npz", SIZE))
     seen = {}
     for split in ("train", "test"):
@@ -90,6 +90,17 @@ def test_episodes_are_deterministic_given_the_seed(fake):
         xb = torch.stack([b.benchmark.test_stream[exp].dataset[n][0] for n in range(3)])
         xc = torch.stack([c.benchmark.test_stream[exp].dataset[n][0] for n in range(3)])
         assert torch.equal(xa, xb) and not torch.equal(xa, xc)
+
+
+def test_jitter_moves_each_presentation_and_keeps_the_plan(fake):
+    plain, jittered, again = _stream(fake, jitter=False), _stream(fake), _stream(fake)
+    for exp in range(2):
+        for n in range(3):
+            x0, y0, _, _ = plain.benchmark.test_stream[exp].dataset[n]
+            x1, y1, _, _ = jittered.benchmark.test_stream[exp].dataset[n]
+            assert torch.equal(y0, y1) and torch.equal(x0[:, D:], x1[:, D:])  # same labels, same label channels
+            assert not torch.equal(x0[:, :D], x1[:, :D])
+            assert torch.equal(x1, again.benchmark.test_stream[exp].dataset[n][0])  # deterministic given the seed
 
 
 def test_instance_accuracy_on_a_hand_made_prediction():

@@ -1,0 +1,90 @@
+"""A DNC that reads bAbI one sentence per step, on the memory-network layout (``sentence_dnc`` in
+:data:`clmem.models.MODELS`).
+
+The word-stream DNC (``dnc`` on ``encoding: sequence``) spends one recurrent step per word; this learner takes the
+same questions in the memnet layout that ``memn2n`` reads, so both can sit in one experiment grid on the same data.
+
+Layout (see :mod:`clmem.learners._memnet`): ``x [B, M + 1, S]`` word ids, rows ``0..M-1`` the story sentences
+(slot 0 the most recent one, all-zero rows empty), row ``M`` the question. Each row becomes one step
+``[PE bag of words (E), question flag (1)]`` (the position-encoded bag of words of Sukhbaatar et al. 2015, a shared
+learned ``[V, E]`` table); the steps run oldest first: the empty slots, then the sentences in story order, then
+the question. The DNC core (:class:`clmem.memory.cores.DNCCore`, all its options) reads ``[B, M + 1, E + 1]`` and
+the answer logits ``[B, V]`` are its output at the question step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clmem.memory.cores import DNCCore, DNCCoreConfig
+from clmem.models import MODELS
+from clmem.options import Opt
+
+from ._memnet import encode_rows, split_memnet
+from .registry import SEQUENCE_LEARNERS
+
+__all__ = ["SentenceDNC", "sentence_steps"]
+
+
+def sentence_steps(x: Tensor, table: Tensor) -> Tensor:
+    """The DNC's input steps of a memnet batch.
+
+    Args:
+        x: ``[B, M + 1, S]`` long word ids (0 = padding), slot 0 the most recent sentence, row ``M`` the question.
+        table: ``[V, E]`` word embeddings.
+
+    Returns:
+        ``[B, M + 1, E + 1]``: step ``t < M`` is memory slot ``M - 1 - t`` (oldest first; an empty slot is all
+        zeros), step ``M`` the question; the last column is 1 at the question step and 0 elsewhere.
+    """
+    rows = encode_rows(torch.cat([x[:, :-1].flip(1), x[:, -1:]], dim=1), table)  # [B, M + 1, E]
+    flag = torch.zeros(*rows.shape[:2], 1, dtype=rows.dtype, device=rows.device)
+    flag[:, -1] = 1.0
+    return torch.cat([rows, flag], dim=-1)
+
+
+class SentenceDNC(nn.Module):
+    """``forward(x [B, M + 1, S] word ids) -> answer logits [B, V]``; see the module docstring."""
+
+    def __init__(self, vocab_size: int, max_memory: int, embedding_dim: int = 32, **core_options: Any) -> None:
+        super().__init__()
+        for field, value in (("vocab_size", vocab_size), ("max_memory", max_memory), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SentenceDNC.{field}: expected an int >= 1, got {value!r}")
+        self.vocab_size, self.max_memory = vocab_size, max_memory
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.core = DNCCore(input_size=embedding_dim + 1, output_size=vocab_size, **core_options)
+        self.config = self.core.config
+
+    def forward(self, x: Tensor) -> Tensor:
+        stories, question = split_memnet(f"{type(self).__name__}.forward", x, self.vocab_size, self.max_memory)
+        steps = sentence_steps(torch.cat([stories, question.unsqueeze(1)], dim=1), self.embedding.weight)
+        logits, _ = self.core(steps)
+        return logits[:, -1]
+
+
+_OPTIONS = {"embedding_dim": Opt(int, 32, min=1, help="sentence embedding size E (position-encoded bag of words)"),
+            **SEQUENCE_LEARNERS["dnc"]}
+
+
+def _check_config(embedding_dim: int = 32, **core_options: Any) -> DNCCoreConfig:
+    """The DNC core's config for the declared options (cross-option checks at validation)."""
+    return DNCCoreConfig(input_size=embedding_dim + 1, output_size=1, **core_options)
+
+
+@MODELS.register(
+    "sentence_dnc", _OPTIONS,
+    "DNC reading bAbI one position-encoded sentence per step (encoding: memnet), answering at the question step; "
+    "every dnc option",
+    accepts=("qa_memnet",), config=_check_config,
+)
+def sentence_dnc(input_shape, num_classes, **options) -> nn.Module:
+    if len(input_shape) != 2:
+        raise ValueError(f"model.name: 'sentence_dnc' expects the memnet layout (M + 1, S), "
+                         f"got shape {tuple(input_shape)}")
+    return SentenceDNC(int(num_classes), max(1, int(input_shape[0]) - 1), **options)
