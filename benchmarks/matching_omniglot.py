@@ -111,7 +111,7 @@ def run_setting(shots: int, args: argparse.Namespace) -> dict:
     final = _evaluate(model, images["test"], args, shots, args.eval_episodes, args.seed + 2)
     seen = _evaluate(model, images["train"], args, shots, args.curve_episodes, args.seed + 3)
     out = {"parameters": params, **state, "done": True, "test": final, "train_chars": seen,
-           "scale_final": float(model.scale)}
+           "scale_final": float(torch.as_tensor(model.scale).detach())}
     if args.save:  # the trained weights, for later analysis (torch.load(..., weights_only=True))
         torch.save(model.state_dict(), _parts_dir(args) / f"{shots}shot.pt")
     write_part(args, shots, out)
