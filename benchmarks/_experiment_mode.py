@@ -108,6 +108,8 @@ def run_experiment(args, repo: Path, results: Path) -> None:
     payload = {"experiment_file": str(args.experiment), "experiment": raw, "jobs": args.jobs,
                "budget_min": args.budget_min, "refused": refusals(trials[0]), "runs": [], "not_run": [],
                "environment": H.environment()}
+    if getattr(args, "update", False):
+        payload = _updated(results / f"{name}.json", load_file(args.experiment), trials, payload)
     start = time.perf_counter()
 
     def write() -> None:
@@ -119,6 +121,24 @@ def run_experiment(args, repo: Path, results: Path) -> None:
     _pool_run(trials, args, start, payload, write)
     write()
     print(f"wrote {results / name}.json and .md ({payload['wall_seconds_total'] / 60:.1f} min)", flush=True)
+
+
+def _key(row: dict) -> tuple:
+    return row["model"], row["strategy"], row["seed"]
+
+
+def _updated(path: Path, full_raw: dict, trials: list, payload: dict) -> dict:
+    """``--update``: the earlier results file at ``path`` with the runs of ``trials`` taken out (they run again) and
+    the whole file's grid as its experiment; every other run it holds is kept as it was."""
+    if not path.is_file():
+        sys.exit(f"--update: no earlier results file {path} (run without --update first)")
+    earlier = json.loads(path.read_text())
+    again = {_key({"model": t["model"]["name"], "strategy": t["strategy"]["name"], "seed": t["seed"]})
+             for t in trials}
+    kept = [r for r in earlier["runs"] if _key(r) not in again]
+    print(f"--update: keeping {len(kept)} runs of {path.name}, running {len(again)}", flush=True)
+    return {**payload, "experiment": full_raw, "runs": kept,
+            "wall_seconds_earlier": earlier.get("wall_seconds_total", 0) + earlier.get("wall_seconds_earlier", 0)}
 
 
 def _pool_run(trials: list, args, start: float, payload: dict, write) -> None:
@@ -210,7 +230,9 @@ def markdown(payload: dict) -> str:
              f"From `{payload['experiment_file']}` via `benchmarks/continual_babi.py --experiment` "
              f"(clmem.runner.run_trial, {payload['jobs']} worker processes, torch threads 1), seeds {raw['seeds']}; "
              f"{done} trials finished, {len(payload['not_run'])} not started (budget), "
-             f"{payload.get('wall_seconds_total', 0) / 60:.1f} min wall in all.", "",
+             f"{(payload.get('wall_seconds_total', 0) + payload.get('wall_seconds_earlier', 0)) / 60:.1f} min wall "
+             f"in all" + (" (over several runs of the script, `--update`)" if payload.get("wall_seconds_earlier") else "")
+             + ".", "",
              f"Benchmark {raw['benchmark']['name']}: " + ", ".join(f"{k}={v}" for k, v in bench.items()) + ".",
              f"Models: {_options(raw['model'])}.", f"Strategy: {_options(raw['strategy'])}.", "",
              "Score: test error (1 - accuracy, lower is better). ACC = mean final error; BWT = Lopez-Paz & Ranzato "

@@ -104,6 +104,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="with --experiment: trials run at once (processes)")
     p.add_argument("--budget-min", type=float, default=None,
                    help="with --experiment: start no trial after this many minutes of wall time")
+    p.add_argument("--update", action="store_true",
+                   help="with --experiment: rerun only the filtered trials, keeping the results file's other runs")
     args = p.parse_args()
     if args.experiment is not None:
         from _experiment_mode import run_experiment  # noqa: PLC0415

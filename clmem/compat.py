@@ -94,7 +94,20 @@ def check_pair(resolved: dict[str, Any]) -> None:
     """Raise a one-line :class:`ConfigError` when a resolved trial's model/strategy cannot run on its stream
     or its model options contradict each other."""
     check_model_options(resolved["model"])
+    check_growth(resolved["model"], resolved["strategy"])
     kind = stream_kind(resolved["benchmark"])
     found = refusal(resolved["model"]["name"], resolved["strategy"]["name"], kind)
     if found is not None:
         raise ConfigError(*found)
+
+
+def check_growth(model: dict[str, Any], strategy: dict[str, Any]) -> None:
+    """``strategy.grow_memory > 0`` needs a model whose memory can grow (model meta ``grows``, a function of the
+    resolved model section: ``gated`` with ``max_memory_size > memory_size``)."""
+    slots = strategy.get("grow_memory") or 0
+    if not slots:
+        return
+    grows = MODELS.get(model["name"], "model.name").meta.get("grows")
+    if grows is None or not grows(model):
+        raise ConfigError("strategy.grow_memory", f"model {model['name']!r} has no memory that can grow (expected "
+                                                  f"'gated' with max_memory_size > memory_size), got {slots}")

@@ -20,6 +20,9 @@ What it adds:
   single spike otherwise moves every parameter by several learning rates at once (the update is normalised per
   coordinate, so a fixed clip does not bound it); this is how a converged NTM on copy fell back to chance (see
   ``benchmarks/results/copy_stability.md``).
+* **memory growth** between experiences (``grow_memory: n``): a growing memory (``gated`` with
+  ``max_memory_size > memory_size``) starts each new experience with ``n`` more slots
+  (:class:`strategies.memory_growth.MemoryGrowthPlugin`).
 * **length curriculum** for algorithmic streams (``curriculum: true``): each experience starts training on
   sequences of length <= ``curriculum_start`` (lengths from the samples' ``info[:, 1]``) and grows the limit by
   ``curriculum_step`` when the fraction of wrong scored bits over the last ``curriculum_window`` updates is
@@ -88,7 +91,11 @@ class SequenceStrategy(_base()):
     def __init__(self, *, model, optimizer, criterion, clip_grad_norm: float | None = 10.0,
                  curriculum: bool = False, curriculum_start: int = 2, curriculum_step: int = 1,
                  curriculum_threshold: float = 0.1, curriculum_window: int = 10,
-                 spike_factor: float | None = None, spike_decay: float = 0.99, **kwargs):
+                 spike_factor: float | None = None, spike_decay: float = 0.99, grow_memory: int = 0, **kwargs):
+        if grow_memory:
+            from strategies.memory_growth import MemoryGrowthPlugin
+
+            kwargs["plugins"] = [*(kwargs.get("plugins") or []), MemoryGrowthPlugin(grow_memory)]
         super().__init__(model=model, optimizer=optimizer, criterion=criterion, **kwargs)
         self.clip_grad_norm = clip_grad_norm
         self.spike_guard = None if spike_factor is None else GradSpikeGuard(spike_factor, spike_decay)
@@ -158,6 +165,9 @@ _BASE_OPTIONS = {
                              "average norm down to that bound (null: off)"),
     "spike_decay": Opt(float, 0.99, min=0.0, max=0.999999,
                        help="decay of the spike guard's running average of gradient norms, in [0, 1)"),
+    "grow_memory": Opt(int, 0, min=0, max=10 ** 6,
+                       help="slots a growing memory (gated, max_memory_size > memory_size) gains after each "
+                            "training experience (0: off; strategies.memory_growth.MemoryGrowthPlugin)"),
 }
 #: Options of each registered name: ``sequence`` (no extra plugin), ``sequence_ewc`` (+ Avalanche's
 #: ``EWCPlugin``), ``sequence_replay`` (+ Avalanche's ``ReplayPlugin``).

@@ -25,10 +25,10 @@ def _raw() -> dict:
 def test_file_expands_to_every_learner_under_every_strategy():
     trials = Experiment.from_dict(_raw()).trials
     pairs = {(t["model"]["name"], t["strategy"]["name"]) for t in trials}
-    models = ["sentence_dnc", "memn2n", "dmn_plus", "kv_memnn", "story_transformer"]
+    models = ["sentence_dnc", "memn2n", "dmn_plus", "kv_memnn", "story_transformer", "igor_qa"]
     strategies = ["sequence", "ewc_controller", "sequence_replay", "episodic_replay"]
     assert pairs == {(m, s) for m in models for s in strategies}
-    assert len(trials) == 20
+    assert len(trials) == 24
     assert {t["benchmark"]["encoding"] for t in trials} == {"memnet"}  # one stream, the same data for all
     dnc = next(t for t in trials if t["model"]["name"] == "sentence_dnc")["model"]
     assert dnc["layer_norm"] is True and dnc["masked_content"] is False

@@ -66,9 +66,15 @@ def _builder(name: str, core_class: type):
     return build
 
 
+def _grows(options: dict) -> bool:
+    """Whether a resolved ``gated`` section can gain slots (``max_memory_size > memory_size``)."""
+    return options.get("max_memory_size") is not None and options["max_memory_size"] > options["memory_size"]
+
+
 for _name, (_core, _options, _description) in MEMORY_LEARNERS.items():
+    _meta = {"grows": _grows} if _name == "gated" else {}
     MODELS.register(_name, _options, _description, accepts=SEQUENCE_KINDS,
-                    config=_core.config_class)(_builder(_name, _core))
+                    config=_core.config_class, **_meta)(_builder(_name, _core))
 
 
 @MODELS.register(
