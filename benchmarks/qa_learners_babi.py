@@ -162,7 +162,8 @@ def run_learner(name: str, data, args) -> Dict[str, object]:
     torch.manual_seed(args.seed)
     model = build_model(name, data["shape"], data["vocab"], **recipe["options"])
     opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(args.seed)
-    max_epochs = 1 if args.quick else int(recipe.get("ls_epochs", 0)) + int(recipe["epochs"])
+    epochs = int(recipe["epochs"]) if getattr(args, "epochs", None) is None else args.epochs
+    max_epochs = 1 if args.quick else int(recipe.get("ls_epochs", 0)) + epochs
     budget = float(args.minutes if args.minutes is not None else recipe["minutes"])
     best, history, t0 = None, [], time.perf_counter()
     for epoch in range(max_epochs):
@@ -257,6 +258,8 @@ def parse_args() -> argparse.Namespace:
                                                                "(training stops after the epoch that passes it)")
     p.add_argument("--bucket", type=int, default=20, help="batches per length-sorted chunk (1: plain random "
                                                           "batches)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per learner, overriding the recipes' (MemN2N: "
+                                                            "its softmax epochs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", type=Path, default=default_data())

@@ -101,5 +101,8 @@ def cnn(input_shape, num_classes, channels=32, hidden_size=128):
 
 
 def build_model(name: str, input_shape, num_classes: int, **options) -> nn.Module:
-    """Build the model ``name`` for inputs of ``input_shape`` and ``num_classes`` outputs."""
-    return MODELS.get(name).builder(tuple(input_shape), num_classes, **options)
+    """Build the model ``name`` for inputs of ``input_shape`` and ``num_classes`` outputs; options not given take
+    their registry defaults (the values an experiment file resolves to), so both build the same model."""
+    entry = MODELS.get(name)
+    defaults = {key: opt.default for key, opt in entry.options.items() if key not in options}
+    return entry.builder(tuple(input_shape), num_classes, **defaults, **options)

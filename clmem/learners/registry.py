@@ -59,7 +59,14 @@ SEQUENCE_LEARNERS: dict[str, dict[str, Opt]] = {
             "weight_init": Opt(str, "onehot", choices=NTM_WEIGHT_INITS,
                                help="initial head weights: one-hot on slot 0 or a learned softmax")},
     "dnc": {**CORE_OPTIONS, **_DNC_IMPROVED, **_ROBUST},
-    "mann": {**CORE_OPTIONS, "usage_decay": Opt(float, 0.95, min=0.0, max=1.0)},
+    # Santoro et al. (2016) sizes: LSTM 200, memory 128 x 40, 4 read heads, each also a write head
+    "mann": {**CORE_OPTIONS, "hidden_size": Opt(int, 200, min=1, help="controller hidden units"),
+             "memory_size": Opt(int, 128, min=1, help="memory slots N"),
+             "word_size": Opt(int, 40, min=1, help="memory word width W"),
+             "num_reads": Opt(int, 4, min=1),
+             "num_writes": Opt(int, None, min=1, nullable=True,
+                               help="write heads, <= num_reads (null: one per read head, as in the paper)"),
+             "usage_decay": Opt(float, 0.95, min=0.0, max=1.0)},
     "sparse_dnc": {**CORE_OPTIONS, "k_neighbours": Opt(int, 4, min=1), "use_links": Opt(bool, False), **_ROBUST},
 }
 _DESCRIPTIONS = {
@@ -75,16 +82,30 @@ def _sequence_builder(kind: str):
     def build(input_shape, num_classes, **options):
         if len(input_shape) != 2:
             raise ValueError(f"model.name: {kind!r} expects sequence inputs (T, D), got shape {tuple(input_shape)}")
-        return make_sequence_learner(kind, int(input_shape[-1]), int(num_classes), **options)
+        return make_sequence_learner(kind, int(input_shape[-1]), int(num_classes), **_resolved(kind, options))
 
     build.__name__ = f"build_{kind}"
     return build
 
 
+def _resolved(kind: str, options: dict) -> dict:
+    """``mann`` with ``num_writes`` null: one write head per read head (Santoro et al.)."""
+    if kind == "mann" and options.get("num_writes", 0) is None:
+        return {**options, "num_writes": options.get("num_reads", 4)}
+    return options
+
+
+def mann_config(**options):
+    """Registry meta ``config`` of ``mann``: its core config (unit sizes) from the options as the builder resolves
+    them (``num_writes`` null: ``num_reads``)."""
+    return CORES["mann"].config_class(input_size=1, output_size=1, **_resolved("mann", options))
+
+
 for _kind, _options in SEQUENCE_LEARNERS.items():
     if _kind == "lstm" or _kind in CORES:
+        _check = mann_config if _kind == "mann" else CORES[_kind].config_class if _kind in CORES else None
         MODELS.register(_kind, _options, _DESCRIPTIONS[_kind], accepts=SEQUENCE_KINDS,
-                        config=CORES[_kind].config_class if _kind in CORES else None)(_sequence_builder(_kind))
+                        config=_check)(_sequence_builder(_kind))
 
 
 class MemN2NClassifier(nn.Module):
