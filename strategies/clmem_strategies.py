@@ -32,13 +32,11 @@ def sequence_with(own_plugins: list, *, plugins=None, **kwargs):
 
     ``kwargs``: the sequence loop's options (``clip_grad_norm``, ``curriculum*``) and any keyword of
     Avalanche's ``SupervisedTemplate`` (``eval_every``, ``evaluator``, ``device`` …), passed through.
-    The strategy is ``clmem_resumable`` when each of ``own_plugins`` has ``state_dict``/``load_state_dict`` and the
-    gradient-spike guard is off (its running average of gradient norms is not checkpointed: a resumed trial
-    restarts from the first experience rather than continue with a reset average).
+    The strategy is ``clmem_resumable`` when each of ``own_plugins`` has ``state_dict``/``load_state_dict`` (the
+    sequence loop's own plugins, the gradient-spike guard and memory growth, have them).
     """
     strategy = SequenceStrategy(plugins=[*(plugins or []), *own_plugins], **kwargs)
-    strategy.clmem_resumable = strategy.spike_guard is None and all(
-        hasattr(p, "state_dict") and hasattr(p, "load_state_dict") for p in own_plugins)
+    strategy.clmem_resumable = all(hasattr(p, "state_dict") and hasattr(p, "load_state_dict") for p in own_plugins)
     return strategy
 
 

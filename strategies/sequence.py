@@ -78,6 +78,34 @@ class GradSpikeGuard:
         self.average = self.decay * self.average + (1.0 - self.decay) * min(norm, bound)
         return norm, scale
 
+    def state_dict(self) -> dict:
+        """The running average and the count of scaled updates (a resumed trial continues with them)."""
+        return {"factor": self.factor, "decay": self.decay, "average": self.average, "scaled": self.scaled}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state.get("factor"), state.get("decay")) != (self.factor, self.decay):
+            raise ValueError(f"GradSpikeGuard: the checkpoint's guard has factor {state.get('factor')!r} and decay "
+                             f"{state.get('decay')!r}, this one {self.factor} and {self.decay}")
+        self.average, self.scaled = state["average"], int(state["scaled"])
+
+
+def _guard_plugin(guard: GradSpikeGuard):
+    """``guard`` as an Avalanche plugin: applied in ``before_update`` (after the backward pass and the finite
+    check, before the strategy's fixed clip in ``optimizer_step``); its state is checkpointed with the plugins'."""
+    from avalanche.core import SupervisedPlugin
+
+    class SpikeGuardPlugin(SupervisedPlugin):
+        def before_update(self, strategy, **kwargs):
+            guard(strategy.model.parameters())
+
+        def state_dict(self) -> dict:
+            return guard.state_dict()
+
+        def load_state_dict(self, state: dict) -> None:
+            guard.load_state_dict(state)
+
+    return SpikeGuardPlugin()
+
 
 def _base():
     from avalanche.training.templates import SupervisedTemplate
@@ -92,13 +120,15 @@ class SequenceStrategy(_base()):
                  curriculum: bool = False, curriculum_start: int = 2, curriculum_step: int = 1,
                  curriculum_threshold: float = 0.1, curriculum_window: int = 10,
                  spike_factor: float | None = None, spike_decay: float = 0.99, grow_memory: int = 0, **kwargs):
+        self.spike_guard = None if spike_factor is None else GradSpikeGuard(spike_factor, spike_decay)
+        own = [] if self.spike_guard is None else [_guard_plugin(self.spike_guard)]
         if grow_memory:
             from strategies.memory_growth import MemoryGrowthPlugin
 
-            kwargs["plugins"] = [*(kwargs.get("plugins") or []), MemoryGrowthPlugin(grow_memory)]
+            own.append(MemoryGrowthPlugin(grow_memory))
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), *own]
         super().__init__(model=model, optimizer=optimizer, criterion=criterion, **kwargs)
         self.clip_grad_norm = clip_grad_norm
-        self.spike_guard = None if spike_factor is None else GradSpikeGuard(spike_factor, spike_decay)
         self.curriculum_config = (CurriculumConfig(start=curriculum_start, maximum=10 ** 6, step=curriculum_step,
                                                    threshold=curriculum_threshold, window=curriculum_window)
                                   if curriculum else None)
@@ -118,10 +148,8 @@ class SequenceStrategy(_base()):
             out = out[:, -1]  # class-id targets: score the answer (last) step
         return out
 
-    # -- gradient-spike guard and clipping
+    # -- clipping (the gradient-spike guard, a plugin, has run in before_update)
     def optimizer_step(self):
-        if self.spike_guard is not None:
-            self.spike_guard(self.model.parameters())
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         super().optimizer_step()

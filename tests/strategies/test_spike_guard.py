@@ -1,5 +1,6 @@
 """The sequence strategy's gradient-spike guard (strategies.sequence.GradSpikeGuard): hand-computed updates,
 validation in one line, and the ``spike_factor`` / ``spike_decay`` options through ``create_strategy``."""
+import copy
 import math
 
 import pytest
@@ -112,3 +113,41 @@ def test_strategy_applies_the_guard_before_each_update():
 def test_strategy_default_has_no_guard():
     _, strategy = _strategy()
     assert strategy.spike_guard is None
+
+
+def test_guard_state_round_trips_and_refuses_another_setting():
+    guard = GradSpikeGuard(factor=2.0, decay=0.5)
+    p = _param(3.0, 4.0)
+    guard([p])
+    p.grad = torch.tensor([30.0, 40.0])
+    guard([p])
+    again = GradSpikeGuard(factor=2.0, decay=0.5)
+    again.load_state_dict(guard.state_dict())
+    assert (again.average, again.scaled) == (guard.average, 1)
+    with pytest.raises(ValueError, match="GradSpikeGuard: the checkpoint's guard has factor 2.0"):
+        GradSpikeGuard(factor=3.0, decay=0.5).load_state_dict(guard.state_dict())
+
+
+def test_trial_with_the_guard_resumes_with_its_running_average():
+    """A resumable strategy with the guard on continues after a checkpoint exactly as the uninterrupted trial."""
+    from clmem.config import Experiment
+    from clmem.runner import run_trial
+
+    raw = {"name": "guard", "benchmark": {"name": "continual_algorithmic", "tasks": "copy,copy,copy", "num_bits": 3,
+                                          "max_length": 3, "train_samples": 16, "test_samples": 4},
+           "model": {"name": "lstm", "hidden_size": 8},
+           "strategy": {"name": "ewc_controller", "train_epochs": 1, "train_mb_size": 4, "spike_factor": 1.0,
+                        "spike_decay": 0.5}, "seeds": [0]}
+    trial = Experiment.from_dict(raw).trials[0]
+    saved, again = [], []
+    # deep copies: a report's state shares storage with the live model (the grid writes it to disk at once)
+    run_trial(trial, on_experience=lambda i, r: saved.append(copy.deepcopy(r["_checkpoint"])), checkpointing=True)
+    guard_states = [s for s in saved[0]["strategy"]["plugins"] if "average" in s]
+    assert len(guard_states) == 1 and guard_states[0]["average"] > 0 and guard_states[0]["scaled"] > 0
+    run_trial(trial, on_experience=lambda i, r: again.append(copy.deepcopy(r["_checkpoint"])), checkpointing=True,
+              resume=saved[0])
+    assert [c["experience"] for c in again] == [1, 2]
+    final, expected = again[-1]["strategy"], saved[-1]["strategy"]
+    assert [s for s in final["plugins"] if "average" in s] == [s for s in expected["plugins"] if "average" in s]
+    for key, value in expected["model"].items():
+        assert torch.allclose(final["model"][key], value, atol=1e-6), key
