@@ -17,6 +17,8 @@ from typing import Any
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from clmem.memory.gated import can_grow
+
 __all__ = ["MemoryGrowthPlugin", "growing_memories"]
 
 
@@ -24,7 +26,7 @@ def growing_memories(model: nn.Module) -> list[nn.Module]:
     """Modules of ``model`` that can still gain slots: those with ``grow`` and a capacity above their size."""
     return [m for m in model.modules()
             if callable(getattr(m, "grow", None)) and hasattr(m, "slots") and hasattr(m, "capacity")
-            and int(m.capacity) > int(m.config.memory_size)]
+            and can_grow(m.config.memory_size, int(m.capacity))]
 
 
 class MemoryGrowthPlugin(SupervisedPlugin):

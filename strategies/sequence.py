@@ -31,12 +31,13 @@ What it adds:
 from __future__ import annotations
 
 import torch
+from avalanche.core import SupervisedPlugin
 
 from clmem.options import Opt
 from clmem.tasks.algorithmic import Curriculum, CurriculumConfig
 from strategies.registry import STRATEGIES
 
-__all__ = ["GradSpikeGuard", "SequenceStrategy", "SEQUENCE_OPTIONS"]
+__all__ = ["GradSpikeGuard", "SequenceStrategy", "SEQUENCE_OPTIONS", "SpikeGuardPlugin"]
 
 
 class GradSpikeGuard:
@@ -89,22 +90,23 @@ class GradSpikeGuard:
         self.average, self.scaled = state["average"], int(state["scaled"])
 
 
-def _guard_plugin(guard: GradSpikeGuard):
-    """``guard`` as an Avalanche plugin: applied in ``before_update`` (after the backward pass and the finite
-    check, before the strategy's fixed clip in ``optimizer_step``); its state is checkpointed with the plugins'."""
-    from avalanche.core import SupervisedPlugin
+class SpikeGuardPlugin(SupervisedPlugin):
+    """A :class:`GradSpikeGuard` as an Avalanche plugin: applied in ``before_update`` (after the backward pass and
+    the finite check, before the strategy's fixed clip in ``optimizer_step``); its state is checkpointed with the
+    plugins'."""
 
-    class SpikeGuardPlugin(SupervisedPlugin):
-        def before_update(self, strategy, **kwargs):
-            guard(strategy.model.parameters())
+    def __init__(self, guard: GradSpikeGuard):
+        super().__init__()
+        self.guard = guard
 
-        def state_dict(self) -> dict:
-            return guard.state_dict()
+    def before_update(self, strategy, **kwargs):
+        self.guard(strategy.model.parameters())
 
-        def load_state_dict(self, state: dict) -> None:
-            guard.load_state_dict(state)
+    def state_dict(self) -> dict:
+        return self.guard.state_dict()
 
-    return SpikeGuardPlugin()
+    def load_state_dict(self, state: dict) -> None:
+        self.guard.load_state_dict(state)
 
 
 def _base():
@@ -121,7 +123,7 @@ class SequenceStrategy(_base()):
                  curriculum_threshold: float = 0.1, curriculum_window: int = 10,
                  spike_factor: float | None = None, spike_decay: float = 0.99, grow_memory: int = 0, **kwargs):
         self.spike_guard = None if spike_factor is None else GradSpikeGuard(spike_factor, spike_decay)
-        own = [] if self.spike_guard is None else [_guard_plugin(self.spike_guard)]
+        own = [] if self.spike_guard is None else [SpikeGuardPlugin(self.spike_guard)]
         if grow_memory:
             from strategies.memory_growth import MemoryGrowthPlugin
 

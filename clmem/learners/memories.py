@@ -21,7 +21,7 @@ import math
 from torch import nn
 
 from clmem.memory.associative import AssociativeCore
-from clmem.memory.gated import GatedCore
+from clmem.memory.gated import GatedCore, can_grow
 from clmem.memory.hierarchical import HierarchicalCore
 from clmem.models import MODELS
 from clmem.options import Opt
@@ -68,7 +68,7 @@ def _builder(name: str, core_class: type):
 
 def _grows(options: dict) -> bool:
     """Whether a resolved ``gated`` section can gain slots (``max_memory_size > memory_size``)."""
-    return options.get("max_memory_size") is not None and options["max_memory_size"] > options["memory_size"]
+    return can_grow(options["memory_size"], options.get("max_memory_size"))
 
 
 for _name, (_core, _options, _description) in MEMORY_LEARNERS.items():

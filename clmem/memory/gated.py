@@ -38,7 +38,8 @@ from ._interface import split_interface
 from ._validation import check_int
 from .cores import CoreConfig, MemoryCore
 
-__all__ = ["gated_update", "gated_usage", "masked_content_weights", "slot_mask", "grown_slots", "GatedMemoryConfig",
+__all__ = ["gated_update", "gated_usage", "masked_content_weights", "slot_mask", "grown_slots", "can_grow",
+           "GatedMemoryConfig",
            "GatedInterface", "GatedState", "GatedMemory", "GatedCoreConfig", "GatedCore"]
 
 
@@ -90,6 +91,12 @@ def masked_content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, read
     any_readable = mask.any(-1, keepdim=True)
     scores = torch.where(any_readable, scores.masked_fill(~mask, float("-inf")), torch.zeros_like(scores))
     return scores.softmax(-1) * any_readable
+
+
+def can_grow(memory_size: int, max_memory_size: int | None) -> bool:
+    """Whether a gated memory that starts with ``memory_size`` slots and holds at most ``max_memory_size``
+    (``None``: ``memory_size``) can gain slots: the one rule of validation and of the growth plugin."""
+    return max_memory_size is not None and int(max_memory_size) > int(memory_size)
 
 
 def slot_mask(slots: Tensor, capacity: int) -> Tensor:

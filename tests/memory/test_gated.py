@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clmem.memory import addressing as addr
-from clmem.memory.gated import (GatedCore, GatedCoreConfig, GatedInterface, GatedMemory, gated_update, gated_usage,
+from clmem.memory.gated import (GatedCore, can_grow, GatedCoreConfig, GatedInterface, GatedMemory, gated_update, gated_usage,
                                 masked_content_weights)
 from clmem.models import MODELS, build_model
 
@@ -294,3 +294,9 @@ def test_growth_options_are_declared_with_their_ranges():
                       ("grow_threshold", 1.0), ("grow_threshold", float("nan"))):
         with pytest.raises(ValueError, match=rf"^model\.{name}: expected .*, got "):
             options[name].check(f"model.{name}", bad)
+
+
+@pytest.mark.parametrize("memory_size, max_memory_size, expected",
+                         [(3, None, False), (3, 3, False), (3, 4, True), (5, 7, True)])
+def test_can_grow_is_room_above_the_initial_size(memory_size, max_memory_size, expected):
+    assert can_grow(memory_size, max_memory_size) is expected

@@ -97,6 +97,23 @@ def test_plugin_refuses_a_model_that_cannot_grow_before_training():
         _strategy(stream, fixed, grow_memory=1).train(stream.benchmark.train_stream[0])
 
 
+def test_plugin_refuses_avalanche_simple_mlp_in_a_plain_script_before_any_update():
+    from avalanche.models import SimpleMLP
+    from avalanche.training.supervised import Naive
+
+    stream = _stream(1)
+    model = SimpleMLP(num_classes=4, input_size=12, hidden_size=8)
+    before = copy.deepcopy(model.state_dict())
+    naive = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  criterion=torch.nn.CrossEntropyLoss(), train_mb_size=4, train_epochs=1,
+                  plugins=[MemoryGrowthPlugin(1)], evaluator=None)
+    with pytest.raises(ValueError) as info:
+        naive.train(stream.benchmark.train_stream[0])
+    assert str(info.value) == ("strategy.grow_memory: model SimpleMLP has no memory that can grow (expected the "
+                               "gated learner with max_memory_size > memory_size)")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def _raw(model: dict, grow, strategy: str = "sequence") -> dict:
     return {"name": "grow", "benchmark": {"name": "continual_algorithmic", "tasks": "copy,copy", "num_bits": 3,
                                           "max_length": 3, "train_samples": 8, "test_samples": 4},
