@@ -72,6 +72,29 @@ def test_sentence_steps_hand_computed():
     assert torch.allclose(sentence_steps(empty, table)[0, 0], torch.zeros(3))
 
 
+def test_answer_steps_repeat_the_flagged_question_step():
+    table = torch.tensor([[0.0, 0.0], [2.0, 4.0], [1.0, 1.0], [2.0, 2.0]])
+    x = torch.tensor([[[1, 0], [2, 3], [3, 0]]])
+    steps = sentence_steps(x, table, answer_steps=2)
+    assert steps.shape == (1, 5, 3)
+    assert torch.equal(steps[:, :3], sentence_steps(x, table))
+    assert torch.allclose(steps[0, 3:], torch.tensor([[1.0, 2.0, 1.0], [1.0, 2.0, 1.0]]))
+
+
+def test_sentence_dnc_answers_at_the_last_answer_step():
+    torch.manual_seed(0)
+    options = dict(embedding_dim=4, hidden_size=8, memory_size=4, word_size=4)
+    plain = build_model("sentence_dnc", (3, 2), 4, **options)
+    torch.manual_seed(0)
+    hops = build_model("sentence_dnc", (3, 2), 4, answer_steps=2, **options)
+    x = torch.tensor([[[1, 0], [2, 3], [3, 0]], [[2, 2], [0, 0], [1, 0]]])
+    table = plain.embedding.weight
+    full, _ = plain.core(sentence_steps(x, table, answer_steps=2))
+    assert torch.allclose(hops(x), full[:, -1]) and torch.allclose(plain(x), full[:, 2])
+    with pytest.raises(ValueError, match=r"SentenceDNC\.answer_steps: expected an int >= 0, got -1"):
+        build_model("sentence_dnc", (3, 2), 4, answer_steps=-1, **options)
+
+
 def test_sentence_dnc_answers_at_the_question_and_refuses_bad_ids():
     torch.manual_seed(0)
     model = build_model("sentence_dnc", (3, 2), 4, embedding_dim=4, hidden_size=8, memory_size=4, word_size=4)

@@ -8,8 +8,11 @@ Layout (see :mod:`clmem.learners._memnet`): ``x [B, M + 1, S]`` word ids, rows `
 (slot 0 the most recent one, all-zero rows empty), row ``M`` the question. Each row becomes one step
 ``[PE bag of words (E), question flag (1)]`` (the position-encoded bag of words of Sukhbaatar et al. 2015, a shared
 learned ``[V, E]`` table); the steps run oldest first: the empty slots, then the sentences in story order, then
-the question. The DNC core (:class:`clmem.memory.cores.DNCCore`, all its options) reads ``[B, M + 1, E + 1]`` and
-the answer logits ``[B, V]`` are its output at the question step.
+the question, then ``answer_steps`` more copies of the question step (``K``, default 0). The DNC core
+(:class:`clmem.memory.cores.DNCCore`, all its options) reads ``[B, M + 1 + K, E + 1]`` and the answer logits
+``[B, V]`` are its output at the last step. With ``K = 0`` the answer comes from one read keyed on the question;
+each extra step lets the controller read again with what the previous read returned (a second hop, as task 2's
+two supporting facts need), as the word-stream DNC of Graves et al. (2016) answers after the question.
 """
 from __future__ import annotations
 
@@ -28,32 +31,36 @@ from .registry import SEQUENCE_LEARNERS
 __all__ = ["SentenceDNC", "sentence_steps"]
 
 
-def sentence_steps(x: Tensor, table: Tensor) -> Tensor:
+def sentence_steps(x: Tensor, table: Tensor, answer_steps: int = 0) -> Tensor:
     """The DNC's input steps of a memnet batch.
 
     Args:
         x: ``[B, M + 1, S]`` long word ids (0 = padding), slot 0 the most recent sentence, row ``M`` the question.
         table: ``[V, E]`` word embeddings.
+        answer_steps: ``K >= 0`` copies of the question step appended after it.
 
     Returns:
-        ``[B, M + 1, E + 1]``: step ``t < M`` is memory slot ``M - 1 - t`` (oldest first; an empty slot is all
-        zeros), step ``M`` the question; the last column is 1 at the question step and 0 elsewhere.
+        ``[B, M + 1 + K, E + 1]``: step ``t < M`` is memory slot ``M - 1 - t`` (oldest first; an empty slot is all
+        zeros), steps ``M .. M + K`` the question; the last column is 1 at the question steps and 0 elsewhere.
     """
     rows = encode_rows(torch.cat([x[:, :-1].flip(1), x[:, -1:]], dim=1), table)  # [B, M + 1, E]
     flag = torch.zeros(*rows.shape[:2], 1, dtype=rows.dtype, device=rows.device)
     flag[:, -1] = 1.0
-    return torch.cat([rows, flag], dim=-1)
+    steps = torch.cat([rows, flag], dim=-1)
+    return torch.cat([steps, steps[:, -1:].expand(-1, answer_steps, -1)], dim=1) if answer_steps else steps
 
 
 class SentenceDNC(nn.Module):
     """``forward(x [B, M + 1, S] word ids) -> answer logits [B, V]``; see the module docstring."""
 
-    def __init__(self, vocab_size: int, max_memory: int, embedding_dim: int = 32, **core_options: Any) -> None:
+    def __init__(self, vocab_size: int, max_memory: int, embedding_dim: int = 32, answer_steps: int = 0,
+                 **core_options: Any) -> None:
         super().__init__()
-        for field, value in (("vocab_size", vocab_size), ("max_memory", max_memory), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SentenceDNC.{field}: expected an int >= 1, got {value!r}")
-        self.vocab_size, self.max_memory = vocab_size, max_memory
+        for field, value, least in (("vocab_size", vocab_size, 1), ("max_memory", max_memory, 1),
+                                    ("embedding_dim", embedding_dim, 1), ("answer_steps", answer_steps, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"SentenceDNC.{field}: expected an int >= {least}, got {value!r}")
+        self.vocab_size, self.max_memory, self.answer_steps = vocab_size, max_memory, answer_steps
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.1)
         with torch.no_grad():
@@ -63,16 +70,18 @@ class SentenceDNC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         stories, question = split_memnet(f"{type(self).__name__}.forward", x, self.vocab_size, self.max_memory)
-        steps = sentence_steps(torch.cat([stories, question.unsqueeze(1)], dim=1), self.embedding.weight)
+        steps = sentence_steps(torch.cat([stories, question.unsqueeze(1)], dim=1), self.embedding.weight,
+                               self.answer_steps)
         logits, _ = self.core(steps)
         return logits[:, -1]
 
 
 _OPTIONS = {"embedding_dim": Opt(int, 32, min=1, help="sentence embedding size E (position-encoded bag of words)"),
+            "answer_steps": Opt(int, 0, min=0, help="extra question steps before the answer (more read hops)"),
             **SEQUENCE_LEARNERS["dnc"]}
 
 
-def _check_config(embedding_dim: int = 32, **core_options: Any) -> DNCCoreConfig:
+def _check_config(embedding_dim: int = 32, answer_steps: int = 0, **core_options: Any) -> DNCCoreConfig:
     """The DNC core's config for the declared options (cross-option checks at validation)."""
     return DNCCoreConfig(input_size=embedding_dim + 1, output_size=1, **core_options)
 
