@@ -4,7 +4,8 @@ tasks and the same data in one run (issue 18, item 4).
 Every learner is built through the model registry (:data:`clmem.models.MODELS`) on the bAbI memory-network layout
 of the ``babi_joint`` stream (:func:`clmem.tasks.streams.babi_experiences`: ``x [M + 1, S]`` word ids, the ``M``
 most recent sentences then the question; one vocabulary over every task and split). 10% of each task's training
-questions (chosen by the seed) are held out for validation. Each learner trains with its own recipe (``RECIPES``:
+stories (chosen by the seed; ``--split questions``: questions, as the runs before issue 19's sentence_dnc ones) are
+held out for validation. Each learner trains with its own recipe (``RECIPES``:
 MemN2N with the paper's SGD + linear start schedule of ``benchmarks/memn2n_babi.py``, the others with Adam) for
 at most its epochs or its wall budget (``minutes`` in its recipe, or ``--minutes``), whichever ends first, in
 length-bucketed random batches (``--bucket``); the test error is that of the epoch with the lowest validation
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import _harness as H  # noqa: E402
 
 from clmem.models import build_model  # noqa: E402
-from clmem.tasks.babi import load_babi  # noqa: E402
+from clmem.tasks.babi import load_babi, load_babi_task, questions_of  # noqa: E402
 from clmem.tasks.streams import babi_experiences  # noqa: E402
 
 TASKS = [1, 2, 6, 7, 15]
@@ -76,16 +77,19 @@ def default_data() -> Path:
 
 def prepare(args) -> Dict[str, object]:
     """``{"train", "val", "test": (x [N, M + 1, S], y [N], task [N]), "shape", "vocab"}``: 10% of each task's
-    training questions (by ``args.seed``) are validation; one vocabulary and layout over all splits."""
-    train = load_babi(args.tasks, "train", args.data, args.layout)
+    training stories (``--split questions``: questions), chosen by ``args.seed``, are validation; one vocabulary
+    and layout over all splits."""
     test = load_babi(args.tasks, "test", args.data, args.layout)
     rng = np.random.default_rng(args.seed)
     fit, val = {}, {}
-    for task, questions in train.items():
-        order = rng.permutation(len(questions))
-        cut = len(questions) // 10
-        val[task] = [questions[i] for i in order[:cut]]
-        fit[task] = [questions[i] for i in order[cut:]]
+    for task in args.tasks:
+        stories = load_babi_task(task, "train", args.data, args.layout)
+        # stories: a held-out story shares no sentence with training (its questions share a story prefix)
+        units = [s.questions for s in stories] if args.split == "stories" else [[q] for q in questions_of(stories)]
+        order = rng.permutation(len(units))
+        cut = len(units) // 10
+        val[task] = [q for i in order[:cut] for q in units[i]]
+        fit[task] = [q for i in order[cut:] for q in units[i]]
     data, shape, vocab = babi_experiences([list(args.tasks)], {"train": fit, "val": val, "test": test}, "memnet",
                                           args.max_memory)
     out = {split: (d[0].x, d[0].y, d[0].info[:, 0]) for split, d in data.items()}
@@ -246,7 +250,7 @@ def markdown(payload: Dict[str, object]) -> str:
     lines = [f"# bAbI {c['layout']}: {', '.join(learners)}, joint training on tasks "
              f"{', '.join(map(str, tasks))}", "",
              f"Same data for every learner: {payload['data']['train']} training / {payload['data']['val']} "
-             f"validation (10% of each task's training questions, chosen by the run's seed) / "
+             f"validation (10% of each task's training {c.get('split', 'questions')}, chosen by the run's seed) / "
              f"{payload['data']['test']} "
              f"test questions, memnet layout of the babi_joint stream with the {c['max_memory']} most recent "
              f"sentences ({payload['data']['shape']}), vocabulary {payload['data']['vocab']}; "
@@ -296,6 +300,10 @@ def parse_args() -> argparse.Namespace:
                                                             "its softmax epochs)")
     p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], dest="seeds",
                    help="one run per learner and seed (the seed also picks the validation questions)")
+    p.add_argument("--split", choices=("stories", "questions"), default="stories",
+                   help="validation: 10%% of each task's training stories (default) or of its questions (runs "
+                        "before issue 19's sentence_dnc ones: a held-out question shares its story's earlier "
+                        "sentences with training questions)")
     p.add_argument("--set", action="append", default=[], type=option_override, metavar="OPTION=VALUE",
                    help="override a registry option of every learner run (YAML value), e.g. layer_norm=false")
     p.add_argument("--threads", type=int, default=1)
