@@ -169,6 +169,8 @@ def run_learner(name: str, data, args) -> Dict[str, object]:
     """Train ``name`` with its recipe within its wall budget; returns its record (test error of the epoch with
     the lowest validation error)."""
     recipe = {**RECIPES[name], "options": {**RECIPES[name]["options"], **dict(args.set)}}
+    if getattr(args, "lr", None) is not None:
+        recipe["lr"] = args.lr
     torch.manual_seed(args.seed)
     model = build_model(name, data["shape"], data["vocab"], **recipe["options"])
     opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(args.seed)
@@ -300,6 +302,8 @@ def parse_args() -> argparse.Namespace:
                                                             "its softmax epochs)")
     p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], dest="seeds",
                    help="one run per learner and seed (the seed also picks the validation questions)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate, overriding the recipes' (MemN2N: its "
+                                                          "softmax-phase rate)")
     p.add_argument("--split", choices=("stories", "questions"), default="stories",
                    help="validation: 10%% of each task's training stories (default) or of its questions (runs "
                         "before issue 19's sentence_dnc ones: a held-out question shares its story's earlier "
