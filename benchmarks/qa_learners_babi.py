@@ -83,17 +83,21 @@ def prepare(args) -> Dict[str, object]:
     rng = np.random.default_rng(args.seed)
     fit, val = {}, {}
     for task in args.tasks:
-        stories = load_babi_task(task, "train", args.data, args.layout)
-        # stories: a held-out story shares no sentence with training (its questions share a story prefix)
-        units = [s.questions for s in stories] if args.split == "stories" else [[q] for q in questions_of(stories)]
-        order = rng.permutation(len(units))
-        cut = len(units) // 10
-        val[task] = [q for i in order[:cut] for q in units[i]]
-        fit[task] = [q for i in order[cut:] for q in units[i]]
+        fit[task], val[task] = validation_split(load_babi_task(task, "train", args.data, args.layout), args.split, rng)
     data, shape, vocab = babi_experiences([list(args.tasks)], {"train": fit, "val": val, "test": test}, "memnet",
                                           args.max_memory)
     out = {split: (d[0].x, d[0].y, d[0].info[:, 0]) for split, d in data.items()}
     return {**out, "shape": shape, "vocab": vocab}
+
+
+def validation_split(stories, split: str, rng: np.random.Generator) -> tuple:
+    """``(training questions, validation questions)`` of one task's stories: 10% of the stories (``split ==
+    "stories"``: a held-out story shares no sentence with training) or of the questions (``"questions"``: a
+    held-out question shares its story's earlier sentences with the training questions of that story)."""
+    units = [s.questions for s in stories] if split == "stories" else [[q] for q in questions_of(stories)]
+    order = rng.permutation(len(units))
+    cut = len(units) // 10
+    return [q for i in order[cut:] for q in units[i]], [q for i in order[:cut] for q in units[i]]
 
 
 def trim(x: torch.Tensor) -> torch.Tensor:
