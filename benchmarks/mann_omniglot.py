@@ -17,6 +17,10 @@ is rewritten at every curve point. ``--model both`` trains the MANN and the LSTM
 batches; ``--model mann`` (e.g. with ``--no-jitter``) may run as a second process on the same ``--out``: each
 process updates only its own entries of the one results file (under a lock).
 
+``--checkpoint FILE`` saves the whole training state (models, optimisers, the episode sampler, the results
+entries) at every curve point; ``--resume`` continues from it in a later process with a fresh ``--budget-min``, so
+the paper's 10^5 updates can be reached over several sessions (a checkpoint of another setup is refused).
+
 Usage: python benchmarks/mann_omniglot.py [--budget-min 60] [--model both|mann|lstm] [--out mann_omniglot_x]
 Writes benchmarks/results/<out>.{json,md}. Accuracy-only: run under ``nice``.
 """
@@ -100,19 +104,61 @@ class Run:
         e["episodes_trained"] = e["steps"] * batch
 
 
+#: what a checkpoint must share with the run that resumes it
+RESUME_FIELDS = ("model", "optimizer", "lr", "batch", "writes", "jitter", "seed", "curve_every")
+
+
+def save_checkpoint(args, runs: list[Run], steps: int, g: torch.Generator) -> None:
+    """Models, optimisers, results entries and the episode sampler's state after ``steps`` updates, written to
+    ``--checkpoint`` (a temporary file renamed over it, so a crash leaves the previous one whole)."""
+    state = {"steps": steps, "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+             "config": {k: getattr(args, k) for k in RESUME_FIELDS},
+             "runs": {r.name: {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "entry": r.entry,
+                               "losses": r.losses[-50:]} for r in runs}}
+    tmp = args.checkpoint.with_suffix(args.checkpoint.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, args.checkpoint)
+
+
+def load_checkpoint(args, runs: list[Run], g: torch.Generator) -> int:
+    """Restore ``runs`` and ``g`` from ``--checkpoint`` (tensors and plain data only: ``weights_only``); returns
+    the updates already made. A checkpoint of another setup is refused in one line naming the field."""
+    if not args.checkpoint.is_file():
+        sys.exit(f"--resume: checkpoint {args.checkpoint} not found")
+    state = torch.load(args.checkpoint, weights_only=True)
+    for field in RESUME_FIELDS:
+        if state["config"].get(field) != getattr(args, field):
+            sys.exit(f"--resume: checkpoint {args.checkpoint} has {field}={state['config'].get(field)!r}, this "
+                     f"run {field}={getattr(args, field)!r}")
+    for run in runs:
+        saved = state["runs"][run.name]
+        run.model.load_state_dict(saved["model"])
+        run.opt.load_state_dict(saved["optimizer"])
+        run.entry, run.losses = saved["entry"], list(saved["losses"])
+        run.entry["status"] = "running"
+    g.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["steps"])
+
+
 def train(runs: list[Run], images, args, budget_s: float) -> None:
     """Train every run on the same batches until ``budget_s`` seconds of wall clock have passed (evaluations
-    included); after every curve point each run's partial entry is written to the results file."""
+    included); after every curve point each run's partial entry is written to the results file (and, with
+    ``--checkpoint``, the whole training state; ``--resume`` continues from it)."""
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     every, steps, start = max(1, args.curve_every // args.batch), 0, time.perf_counter()
+    resumed = load_checkpoint(args, runs, g) if args.resume else None
+    steps = resumed or 0
     while True:
         done = time.perf_counter() - start >= budget_s
-        if steps % every == 0 or done:
+        if (steps % every == 0 and steps != resumed) or done:
             for run in runs:
                 run.entry["curve"].append(_curve_point(run.model, images, steps, run.losses, args))
                 run.entry["loads"].append(os.getloadavg()[0])
                 update_results(args, run.name, run.entry)
+            if args.checkpoint is not None:
+                save_checkpoint(args, runs, steps, g)
         if done:
             return
         x, y = sample_episodes(images["train"], args.batch, 5, 10, g, jitter=args.jitter)
@@ -278,6 +324,9 @@ def parse_args(argv=None):
     parser.add_argument("--curve-episodes", type=int, default=200)
     parser.add_argument("--eval-episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="write the training state here at every curve point (for --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint (same setup)")
     parser.add_argument("--run-id", default=None, help="processes of one run share it (default: --out and seed)")
     parser.add_argument("--out", default="mann_omniglot")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of <out>.{json,md}")
@@ -290,6 +339,8 @@ def parse_args(argv=None):
     for field in ("batch", "curve_every", "curve_episodes", "eval_episodes"):
         if getattr(args, field) < 1:
             parser.error(f"--{field.replace('_', '-')}: expected an int >= 1, got {getattr(args, field)}")
+    if args.resume and args.checkpoint is None:
+        parser.error("--resume: expected --checkpoint FILE")
     args.run_id = args.run_id or f"{args.out}-seed{args.seed}"
     return args
 
