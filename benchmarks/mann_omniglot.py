@@ -147,7 +147,7 @@ def train(runs: list[Run], images, args, budget_s: float) -> None:
     ``--checkpoint``, the whole training state; ``--resume`` continues from it)."""
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    every, steps, start = max(1, args.curve_every // args.batch), 0, time.perf_counter()
+    every, start = max(1, args.curve_every // args.batch), time.perf_counter()
     resumed = load_checkpoint(args, runs, g) if args.resume else None
     steps = resumed or 0
     while True:

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _harness as H  # noqa: E402
 
-from clmem.models import build_model  # noqa: E402
+from clmem.models import MODELS, build_model  # noqa: E402
+from clmem.options import ConfigError  # noqa: E402
 from clmem.tasks.babi import load_babi, load_babi_task, questions_of  # noqa: E402
 from clmem.tasks.streams import babi_experiences  # noqa: E402
 
@@ -305,7 +306,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="epochs per learner, overriding the recipes' (MemN2N: "
                                                             "its softmax epochs)")
     p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], dest="seeds",
-                   help="one run per learner and seed (the seed also picks the validation questions)")
+                   help="one run per learner and seed (the seed also picks the validation stories)")
     p.add_argument("--lr", type=float, default=None, help="learning rate, overriding the recipes' (MemN2N: its "
                                                           "softmax-phase rate)")
     p.add_argument("--split", choices=("stories", "questions"), default="stories",
@@ -319,7 +320,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tag", default=None, help="write results/qa_learners_babi_<tag>.{json,md}")
     p.add_argument("--note", default="", help="a sentence added under the table")
     p.add_argument("--quick", action="store_true", help="smoke run: one epoch per learner")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr: expected a finite number > 0, got {args.lr}")
+    for learner in args.models:  # the registry's own checks, before anything runs
+        options = MODELS.get(learner).options
+        for key, value in args.set:
+            if key not in options:
+                p.error(f"--set: {learner} has no option {key!r}")
+            try:
+                options[key].check(f"--set {learner}.{key}", value)
+            except ConfigError as exc:
+                p.error(str(exc))
+    return args
 
 
 def main() -> None:

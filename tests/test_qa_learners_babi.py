@@ -54,3 +54,15 @@ def test_set_parses_yaml_values(text, expected):
 def test_set_refuses_a_missing_name_or_value_in_one_line(text):
     with pytest.raises(argparse.ArgumentTypeError, match="--set: expected OPTION=VALUE"):
         Q.option_override(text)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "answer_steps=-1"], "--set sentence_dnc.answer_steps: expected an integer >= 0, got -1"),
+    (["--set", "memory_slots=3"], "--set: sentence_dnc has no option 'memory_slots'"),
+    (["--lr", "nan"], "--lr: expected a finite number > 0, got nan"),
+])
+def test_bad_overrides_are_refused_before_anything_runs(monkeypatch, capsys, argv, words):
+    monkeypatch.setattr(sys, "argv", ["qa_learners_babi.py", "--models", "sentence_dnc", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        Q.parse_args()
+    assert exit_info.value.code != 0 and words in capsys.readouterr().err
