@@ -3,6 +3,7 @@ sentence-per-step DNC (``sentence_dnc``) it compares reads its steps as document
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -79,6 +80,37 @@ def test_answer_steps_repeat_the_flagged_question_step():
     assert steps.shape == (1, 5, 3)
     assert torch.equal(steps[:, :3], sentence_steps(x, table))
     assert torch.allclose(steps[0, 3:], torch.tensor([[1.0, 2.0, 1.0], [1.0, 2.0, 1.0]]))
+
+
+def test_time_encoding_adds_each_slots_age_to_its_sentence_only():
+    table = torch.tensor([[0.0, 0.0], [2.0, 4.0], [1.0, 1.0], [2.0, 2.0]])
+    time_table = torch.tensor([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0]])  # M' = 3 >= M = 2
+    x = torch.tensor([[[1, 0], [2, 3], [3, 0]], [[1, 0], [0, 0], [3, 0]]])
+    steps = sentence_steps(x, table, time_table=time_table)
+    # story 0: oldest = slot 1 -> [1.5, 2.5] + T[1]; recent = slot 0 -> [1, 4] + T[0]; question unchanged
+    assert torch.allclose(steps[0], torch.tensor([[31.5, 42.5, 0.0], [11.0, 24.0, 0.0], [1.0, 2.0, 1.0]]))
+    # story 1: slot 1 is empty and stays zeros
+    assert torch.allclose(steps[1], torch.tensor([[0.0, 0.0, 0.0], [11.0, 24.0, 0.0], [1.0, 2.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"sentence_steps\.time_table: expected at least 2 rows, got 1"):
+        sentence_steps(x, table, time_table=time_table[:1])
+
+
+def test_time_encoding_and_input_dropout_options():
+    options = dict(embedding_dim=4, hidden_size=8, memory_size=4, word_size=4)
+    x = torch.tensor([[[1, 0], [2, 3], [3, 0]], [[2, 2], [0, 0], [1, 0]]])
+    torch.manual_seed(0)
+    model = build_model("sentence_dnc", (3, 2), 4, time_encoding=True, input_dropout=0.5, **options)
+    assert model.time_table.shape == (2, 4)
+    model.eval()  # no dropout at evaluation: the output is the core's on the time-encoded steps
+    full, _ = model.core(sentence_steps(x, model.embedding.weight, time_table=model.time_table))
+    assert torch.allclose(model(x), full[:, -1])
+    model.train()
+    model(x).sum().backward()
+    assert model.time_table.grad.abs().sum() > 0
+    assert build_model("sentence_dnc", (3, 2), 4, **options).time_table is None
+    for key, value, words in (("time_encoding", 1, "true or false"), ("input_dropout", 1.0, "in [0, 1)")):
+        with pytest.raises(ValueError, match=rf"SentenceDNC\.{key}: expected .*{re.escape(words)}"):
+            build_model("sentence_dnc", (3, 2), 4, **{key: value}, **options)
 
 
 def test_sentence_dnc_answers_at_the_last_answer_step():
