@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from clmem.memory._validation import check_bool, check_fraction
 from clmem.memory.cores import DNCCore, DNCCoreConfig
 from clmem.models import MODELS
 from clmem.options import Opt
@@ -72,11 +73,8 @@ class SentenceDNC(nn.Module):
                                     ("embedding_dim", embedding_dim, 1), ("answer_steps", answer_steps, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"SentenceDNC.{field}: expected an int >= {least}, got {value!r}")
-        if not isinstance(time_encoding, bool):
-            raise ValueError(f"SentenceDNC.time_encoding: expected true or false, got {time_encoding!r}")
-        if isinstance(input_dropout, bool) or not isinstance(input_dropout, (int, float)) \
-                or not 0.0 <= input_dropout < 1.0:
-            raise ValueError(f"SentenceDNC.input_dropout: expected a number in [0, 1), got {input_dropout!r}")
+        check_bool("SentenceDNC", "time_encoding", time_encoding)
+        check_fraction("SentenceDNC", "input_dropout", input_dropout)
         self.vocab_size, self.max_memory, self.answer_steps = vocab_size, max_memory, answer_steps
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.1)

@@ -24,6 +24,18 @@ def check_positive_float(owner: str, field: str, value: Any, allow_none: bool = 
         raise ValueError(f"{owner}.{field}: expected a finite number > 0{suffix}, got {value!r}")
 
 
+def check_bool(owner: str, field: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a ``bool``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{field}: expected true or false, got {value!r}")
+
+
+def check_fraction(owner: str, field: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number (not ``bool``) in ``[0, 1)`` (NaN refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}.{field}: expected a float in [0, 1), got {value!r}")
+
+
 def check_choice(owner: str, field: str, value: Any, choices: Iterable[str]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     choices = tuple(choices)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._validation import check_batch_input, check_choice, check_int, check_positive_float
+from ._validation import (check_batch_input, check_bool, check_choice, check_fraction, check_int,
+                          check_positive_float)
 from .controller import CONTROLLER_KINDS, Controller, ControllerState
 from .dnc import DNCMemory, DNCMemoryConfig
 from .dnc_improved import LayerNormController
@@ -59,11 +60,8 @@ class CoreConfig:
 
 def check_robust(owner: str, layer_norm: Any, bypass_dropout: Any) -> None:
     """Validate the rsDNC options (Franke et al. 2018) of a core config: one line naming the field."""
-    if not isinstance(layer_norm, bool):
-        raise ValueError(f"{owner}.layer_norm: expected a bool, got {layer_norm!r}")
-    if isinstance(bypass_dropout, bool) or not isinstance(bypass_dropout, (int, float)) \
-            or not 0.0 <= bypass_dropout < 1.0:
-        raise ValueError(f"{owner}.bypass_dropout: expected a float in [0, 1), got {bypass_dropout!r}")
+    check_bool(owner, "layer_norm", layer_norm)
+    check_fraction(owner, "bypass_dropout", bypass_dropout)
 
 
 @dataclass(frozen=True)
@@ -125,9 +123,7 @@ class MANNCoreConfig(CoreConfig):
         if self.num_writes > self.num_reads or self.num_writes > self.memory_size:
             raise ValueError(f"{owner}.num_writes: expected an int <= num_reads ({self.num_reads}) "
                              f"and <= memory_size ({self.memory_size}), got {self.num_writes}")
-        decay = self.usage_decay
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ValueError(f"{owner}.usage_decay: expected a float in [0, 1), got {decay!r}")
+        check_fraction(owner, "usage_decay", self.usage_decay)
 
     def memory_config(self) -> LRUAMemoryConfig:
         return LRUAMemoryConfig(self.memory_size, self.word_size, self.num_reads, self.num_writes,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import addressing as addr
 from ._interface import groups_size, split_grouped_interface
-from ._validation import check_int
+from ._validation import check_fraction, check_int
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,7 @@ class LRUAMemoryConfig:
         if self.num_writes > self.num_reads or self.num_writes > self.memory_size:
             raise ValueError(f"LRUAMemoryConfig.num_writes: expected an int <= num_reads ({self.num_reads}) "
                              f"and <= memory_size ({self.memory_size}), got {self.num_writes}")
-        decay = self.usage_decay
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ValueError(f"LRUAMemoryConfig.usage_decay: expected a float in [0, 1), got {decay!r}")
+        check_fraction("LRUAMemoryConfig", "usage_decay", self.usage_decay)
 
 
 class LRUAInterface(NamedTuple):
